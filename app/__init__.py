@@ -1,0 +1,1 @@
+"""optin-backend: marketing clicks to SMS/iMessage subscribers."""

@@ -1,0 +1,1 @@
+"""The outbox: delivery jobs to Call Loop and LoopMessage, and the worker that runs them."""

@@ -1,0 +1,210 @@
+"""Creating outbox jobs, always inside the caller's transaction (the transactional outbox)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.clients.callloop import opt_out_url
+from app.db import insert_ignore, table_of
+from app.delivery.routing import group_hash
+from app.models import DeliveryJob, GroupMembership
+from app.phones import NotAPhoneNumber, format_phone
+from app.settings import CallLoopRoute, Settings
+
+jobs = table_of(DeliveryJob)
+memberships = table_of(GroupMembership)
+
+CONTACT_FIELDS = ("first", "last", "email")
+
+
+def callloop_variables(
+    settings: Settings, contact: str, extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """`phone` (formatted per CALLLOOP_PHONE_FORMAT) and `first`/`last`/`email` when known."""
+    variables = {
+        "phone": format_phone(
+            contact, settings.phone_default_region, settings.callloop_phone_format
+        )
+    }
+    for name in CONTACT_FIELDS:
+        value = (extra or {}).get(name)
+        if isinstance(value, str) and value.strip():
+            variables[name] = value.strip()[:200]
+    return variables
+
+
+async def enqueue_subscribe(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    subscriber_id: int,
+    opt_in_id: int,
+    contact: str,
+    params: dict[str, Any],
+    route: CallLoopRoute | None,
+    now: datetime,
+) -> str:
+    """Queue the Call Loop group add for this opt-in, unless it would be a second add.
+
+    Returns what happened: `queued`, `already_member`, or `skipped` (reason kept on a job row).
+    """
+    base: dict[str, Any] = {
+        "kind": "subscribe",
+        "subscriber_id": subscriber_id,
+        "opt_in_id": opt_in_id,
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+        "attempts": 0,
+    }
+    if route is None:
+        await conn.execute(
+            insert(jobs).values(
+                **base,
+                status="skipped",
+                payload={},
+                last_error="no Call Loop route: no matching CALLLOOP_ROUTES entry and no "
+                "CALLLOOP_GROUP_URL",
+                completed_at=now,
+            )
+        )
+        return "skipped"
+    try:
+        variables = callloop_variables(settings, contact, params)
+    except NotAPhoneNumber as exc:
+        await conn.execute(
+            insert(jobs).values(
+                **base,
+                route_key=route.key,
+                status="skipped",
+                payload={},
+                last_error=str(exc),
+                completed_at=now,
+            )
+        )
+        return "skipped"
+
+    hashed = group_hash(route.group_url)
+    joined = await conn.execute(
+        insert_ignore(conn.dialect.name, memberships, "subscriber_id", "group_hash")
+        .values(
+            subscriber_id=subscriber_id,
+            group_hash=hashed,
+            group_url=route.group_url,
+            route_key=route.key,
+            status="active",
+            joined_at=now,
+        )
+        .returning(memberships.c.id)
+    )
+    if joined.first() is None:
+        rejoined = await conn.execute(
+            update(memberships)
+            .where(
+                memberships.c.subscriber_id == subscriber_id,
+                memberships.c.group_hash == hashed,
+                memberships.c.status == "opted_out",
+            )
+            .values(status="active", joined_at=now, left_at=None, group_url=route.group_url)
+            .returning(memberships.c.id)
+        )
+        if rejoined.first() is None:
+            return "already_member"
+    await conn.execute(
+        insert(jobs).values(
+            **base,
+            route_key=route.key,
+            target_url=route.group_url,
+            follow_up_url=route.trigger_url,
+            payload=variables,
+            status="pending",
+        )
+    )
+    return "queued"
+
+
+async def enqueue_opt_outs(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    subscriber_id: int,
+    contact: str,
+    now: datetime,
+) -> int:
+    """Queue one `/s/` call per group the subscriber is in, and cancel adds not yet sent.
+
+    Returns how many opt-out jobs were queued. Exactly once per group: the membership row
+    flips from active to opted_out in this same statement, so a second STOP finds nothing.
+    """
+    await conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.subscriber_id == subscriber_id,
+            jobs.c.kind.in_(("subscribe", "trigger")),
+            jobs.c.status == "pending",
+        )
+        .values(status="cancelled", last_error="the contact opted out first", updated_at=now)
+    )
+    left = await conn.execute(
+        update(memberships)
+        .where(memberships.c.subscriber_id == subscriber_id, memberships.c.status == "active")
+        .values(status="opted_out", left_at=now)
+        .returning(memberships.c.group_url, memberships.c.route_key)
+    )
+    rows = left.all()
+    if not rows:
+        return 0
+    try:
+        variables = {
+            "phone": format_phone(
+                contact, settings.phone_default_region, settings.callloop_phone_format
+            )
+        }
+    except NotAPhoneNumber:
+        return 0
+    await conn.execute(
+        insert(jobs),
+        [
+            {
+                "kind": "opt_out",
+                "subscriber_id": subscriber_id,
+                "route_key": row.route_key,
+                "target_url": opt_out_url(row.group_url),
+                "payload": variables,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ],
+    )
+    return len(rows)
+
+
+async def enqueue_audience_delete(
+    conn: AsyncConnection, *, subscriber_id: int, contact: str, now: datetime
+) -> None:
+    """Queue LoopMessage's audience delete (the contact is unsubscribed there too)."""
+    await conn.execute(
+        insert(jobs).values(
+            kind="audience_delete",
+            subscriber_id=subscriber_id,
+            payload={"contact": contact},
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def has_pending_jobs(conn: AsyncConnection) -> bool:
+    row = await conn.execute(select(jobs.c.id).where(jobs.c.status == "pending").limit(1))
+    return row.first() is not None

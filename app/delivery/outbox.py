@@ -1,0 +1,197 @@
+"""Claiming, finishing and retrying outbox jobs.
+
+A claim is a lease: `in_progress` with an owner and an expiry. Several workers on one
+PostgreSQL never take the same job (SKIP LOCKED), and a job whose worker died is taken again
+once its lease expires (DELIVERY_LEASE_SECONDS, at most 60). Every state change after a claim
+checks the lease is still ours, so a worker that lost its lease cannot overwrite the new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import table_of, utcnow
+from app.models import DeliveryJob
+
+jobs = table_of(DeliveryJob)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    target_url: str | None
+    follow_up_url: str | None
+    payload: dict[str, Any]
+    attempts: int
+    subscriber_id: int | None
+    route_key: str | None
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now),
+        and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now),
+    )
+
+
+async def claim(
+    conn: AsyncConnection, worker_id: str, limit: int, lease_seconds: float
+) -> list[ClaimedJob]:
+    now = utcnow()
+    due_ids = (
+        select(jobs.c.id)
+        .where(_due(now))
+        .order_by(jobs.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(due_ids), _due(now))
+        .values(
+            status="in_progress",
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=jobs.c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(
+            jobs.c.id,
+            jobs.c.kind,
+            jobs.c.target_url,
+            jobs.c.follow_up_url,
+            jobs.c.payload,
+            jobs.c.attempts,
+            jobs.c.subscriber_id,
+            jobs.c.route_key,
+        )
+    )
+    return [ClaimedJob(**row._mapping) for row in result]
+
+
+def _ours(job_id: int, worker_id: str) -> Any:
+    return and_(
+        jobs.c.id == job_id, jobs.c.status == "in_progress", jobs.c.lease_owner == worker_id
+    )
+
+
+async def mark_done(
+    conn: AsyncConnection, job: ClaimedJob, worker_id: str, status_code: int | None
+) -> bool:
+    now = utcnow()
+    result = await conn.execute(
+        update(jobs)
+        .where(_ours(job.id, worker_id))
+        .values(
+            status="done",
+            lease_owner=None,
+            lease_expires_at=None,
+            last_status_code=status_code,
+            last_error=None,
+            completed_at=now,
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    if job.kind == "subscribe" and job.follow_up_url:
+        # The welcome trigger goes out only after the group add succeeded.
+        await conn.execute(
+            insert(jobs).values(
+                kind="trigger",
+                subscriber_id=job.subscriber_id,
+                route_key=job.route_key,
+                target_url=job.follow_up_url,
+                payload=job.payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return True
+
+
+async def mark_failed(
+    conn: AsyncConnection,
+    job: ClaimedJob,
+    worker_id: str,
+    *,
+    reason: str,
+    status_code: int | None,
+    retry_in: float | None,
+) -> str:
+    """Back to pending after `retry_in` seconds, or dead when `retry_in` is None."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": reason[:1000],
+        "last_status_code": status_code,
+        "updated_at": now,
+    }
+    if retry_in is None:
+        values.update(status="dead", completed_at=now)
+    else:
+        values.update(status="pending", next_attempt_at=now + timedelta(seconds=retry_in))
+    await conn.execute(update(jobs).where(_ours(job.id, worker_id)).values(**values))
+    return str(values["status"])
+
+
+async def release(conn: AsyncConnection, worker_id: str) -> int:
+    """Give back every job this worker holds (graceful shutdown): they run again at once."""
+    now = utcnow()
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.status == "in_progress", jobs.c.lease_owner == worker_id)
+        .values(
+            status="pending",
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=now,
+            attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+            updated_at=now,
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+async def retry_jobs(conn: AsyncConnection, job_ids: list[int] | None = None) -> int:
+    """Dead jobs (all, or the ones named) are pending again with a fresh attempt budget."""
+    now = utcnow()
+    query = update(jobs).where(jobs.c.status == "dead")
+    if job_ids is not None:
+        query = query.where(jobs.c.id.in_(job_ids))
+    result = await conn.execute(
+        query.values(
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            completed_at=None,
+            updated_at=now,
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+async def queue_stats(conn: AsyncConnection) -> dict[str, Any]:
+    rows = await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+    counts = {status: count for status, count in rows}
+    oldest = await conn.execute(
+        select(func.min(jobs.c.created_at)).where(jobs.c.status.in_(("pending", "in_progress")))
+    )
+    oldest_at = oldest.scalar()
+    if oldest_at is not None and oldest_at.tzinfo is None:
+        from datetime import UTC
+
+        oldest_at = oldest_at.replace(tzinfo=UTC)
+    age = (utcnow() - oldest_at).total_seconds() if oldest_at else 0.0
+    return {"counts": counts, "oldest_pending_age_seconds": round(max(age, 0.0), 3)}

@@ -1,0 +1,217 @@
+"""The delivery worker: claims due jobs, calls Call Loop / LoopMessage, records the result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.clients.callloop import CallLoopClient, CallLoopError
+from app.clients.loopmessage import LoopMessageClient, LoopMessageError
+from app.db import insert_ignore, table_of, utcnow
+from app.delivery import outbox
+from app.delivery.backoff import retry_delay
+from app.models import WorkerHeartbeat
+from app.observability import DELIVERIES, QUEUE_DEPTH, QUEUE_OLDEST_AGE
+from app.redaction import mask_url
+from app.settings import Settings
+
+log = logging.getLogger("optin.delivery")
+heartbeats = table_of(WorkerHeartbeat)
+
+HEARTBEAT_SECONDS = 5.0
+
+
+class JobFailed(Exception):
+    def __init__(self, reason: str, *, transient: bool, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.status_code = status_code
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        callloop: CallLoopClient,
+        loopmessage: LoopMessageClient | None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.callloop = callloop
+        self.loopmessage = loopmessage
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New jobs were committed: look now instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="delivery-worker")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+
+    async def stop(self, grace_seconds: float = 20.0) -> None:
+        """Finish the jobs in hand (bounded by `grace_seconds`), then give back what is left."""
+        self._stopping.set()
+        self._wake.set()
+        for task in (self._task, self._heartbeat_task):
+            if task is None:
+                continue
+            try:
+                await asyncio.wait_for(task, grace_seconds)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        with contextlib.suppress(Exception):
+            async with self.engine.begin() as conn:
+                released = await outbox.release(conn, self.worker_id)
+            if released:
+                log.info("released unfinished jobs", extra={"jobs": released})
+
+    async def run(self) -> None:
+        log.info("delivery worker started", extra={"worker_id": self.worker_id})
+        while not self._stopping.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:
+                log.exception("delivery loop error; retrying after the poll interval")
+                handled = 0
+            if handled:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self.settings.delivery_poll_interval_seconds
+                )
+
+    async def run_once(self) -> int:
+        """Claim one batch of due jobs and run them concurrently; returns how many ran."""
+        async with self.engine.begin() as conn:
+            claimed = await outbox.claim(
+                conn,
+                self.worker_id,
+                self.settings.delivery_concurrency,
+                self.settings.delivery_lease_seconds,
+            )
+        if claimed:
+            await asyncio.gather(*(self._run_job(job) for job in claimed))
+        return len(claimed)
+
+    async def _run_job(self, job: outbox.ClaimedJob) -> None:
+        try:
+            status_code = await self._perform(job)
+        except JobFailed as failure:
+            await self._record_failure(job, failure)
+            return
+        except Exception as exc:  # a bug must not strand the job: it is retried like a fault
+            log.exception("delivery job crashed", extra={"job_id": job.id})
+            await self._record_failure(
+                job, JobFailed(f"internal error: {type(exc).__name__}", transient=True)
+            )
+            return
+        async with self.engine.begin() as conn:
+            kept = await outbox.mark_done(conn, job, self.worker_id, status_code)
+        DELIVERIES.labels(job.kind, "done").inc()
+        if not kept:
+            log.warning("lease lost before the job was recorded done", extra={"job_id": job.id})
+        if job.kind == "subscribe" and job.follow_up_url:
+            self.wake()
+        log.info(
+            "delivered",
+            extra={"job_id": job.id, "kind": job.kind, "attempt": job.attempts},
+        )
+
+    async def _perform(self, job: outbox.ClaimedJob) -> int | None:
+        if job.kind in ("subscribe", "opt_out", "trigger"):
+            if not job.target_url:
+                raise JobFailed("the job has no target URL", transient=False)
+            variables = {str(k): str(v) for k, v in job.payload.items()}
+            try:
+                result = await self.callloop.send(job.target_url, variables)
+            except CallLoopError as exc:
+                raise JobFailed(
+                    exc.reason, transient=exc.transient, status_code=exc.status_code
+                ) from None
+            return result.status_code
+        if job.kind == "audience_delete":
+            if self.loopmessage is None:
+                raise JobFailed("LOOP_API_KEY is not set", transient=True)
+            try:
+                await self.loopmessage.delete_audience(str(job.payload.get("contact", "")))
+            except LoopMessageError as exc:
+                raise JobFailed(
+                    exc.detail, transient=exc.transient, status_code=exc.status_code
+                ) from None
+            return 200
+        raise JobFailed(f"unknown job kind {job.kind!r}", transient=False)
+
+    async def _record_failure(self, job: outbox.ClaimedJob, failure: JobFailed) -> None:
+        retry_in: float | None = None
+        if failure.transient and job.attempts < self.settings.delivery_max_attempts:
+            retry_in = retry_delay(
+                job.attempts,
+                self.settings.delivery_backoff_base_seconds,
+                self.settings.delivery_backoff_max_seconds,
+            )
+        reason = failure.reason
+        if job.target_url:
+            reason = reason.replace(job.target_url, mask_url(job.target_url))
+        async with self.engine.begin() as conn:
+            status = await outbox.mark_failed(
+                conn,
+                job,
+                self.worker_id,
+                reason=reason,
+                status_code=failure.status_code,
+                retry_in=retry_in,
+            )
+        DELIVERIES.labels(job.kind, "retry" if status == "pending" else "dead").inc()
+        log.warning(
+            "delivery failed",
+            extra={
+                "job_id": job.id,
+                "kind": job.kind,
+                "attempt": job.attempts,
+                "outcome": status,
+                "reason": reason,
+            },
+        )
+
+    async def _heartbeat(self) -> None:
+        started = utcnow()
+        while not self._stopping.is_set():
+            try:
+                now = utcnow()
+                async with self.engine.begin() as conn:
+                    inserted = await conn.execute(
+                        insert_ignore(conn.dialect.name, heartbeats, "worker_id")
+                        .values(worker_id=self.worker_id, last_seen_at=now, started_at=started)
+                        .returning(heartbeats.c.worker_id)
+                    )
+                    if inserted.first() is None:
+                        await conn.execute(
+                            update(heartbeats)
+                            .where(heartbeats.c.worker_id == self.worker_id)
+                            .values(last_seen_at=now)
+                        )
+                    stats = await outbox.queue_stats(conn)
+                for status in ("pending", "in_progress", "dead"):
+                    QUEUE_DEPTH.labels(status).set(stats["counts"].get(status, 0))
+                QUEUE_OLDEST_AGE.set(stats["oldest_pending_age_seconds"])
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_SECONDS)

@@ -1,0 +1,74 @@
+"""What the HTTP routes get from the app: settings, engine, clients, worker; admin auth."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.clients.callloop import CallLoopClient
+from app.clients.loopmessage import LoopMessageClient
+from app.delivery.worker import DeliveryWorker
+from app.errors import ServiceError, not_configured
+from app.ratelimit import LinkRateLimiter
+from app.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything the app's lifespan opens, and closes again."""
+
+    settings: Settings
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    callloop: CallLoopClient
+    loopmessage: LoopMessageClient | None
+    rate_limiter: LinkRateLimiter
+    worker: DeliveryWorker | None = None
+    migration_head: str | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def require_loopmessage(self) -> LoopMessageClient:
+        if self.loopmessage is None:
+            raise not_configured("LOOP_API_KEY", "Opt-in link generation")
+        return self.loopmessage
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def check_bearer(header: str | None, secret: str) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    return hmac.compare_digest(token.encode(), secret.encode())
+
+
+def require_admin(request: Request, services: ServicesDep) -> None:
+    """Bearer ADMIN_TOKEN, compared in constant time; unset token disables the admin API."""
+    token = services.settings.admin_token
+    if token is None:
+        raise not_configured("ADMIN_TOKEN", "The admin API")
+    if not check_bearer(request.headers.get("authorization"), token.get_secret_value()):
+        raise ServiceError(
+            401,
+            "unauthorized",
+            "a valid admin bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+AdminDep = Depends(require_admin)

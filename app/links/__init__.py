@@ -1,0 +1,1 @@
+"""Opt-in links: the CORS-safe proxy to LoopMessage generate-url."""

@@ -1,0 +1,73 @@
+"""Request and response shapes of the public link endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from app.settings import OPT_IN_CODE
+from app.webhooks.parse import REF_PARAM, UTM_FIELDS
+
+Attribution = Annotated[str, StringConstraints(max_length=500)]
+ParamKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+]
+ParamValue = Annotated[str, StringConstraints(max_length=500)]
+
+RESERVED_PARAMS = {"body", "sender_type", REF_PARAM, "click_id", *UTM_FIELDS}
+
+
+class OptInLinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    body: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+        default=None,
+        description="Text prefilled in the visitor's Messages app; must contain [opt-in-code]. "
+        "Defaults to LOOP_OPTIN_BODY.",
+    )
+    click_id: Attribution | None = None
+    utm_source: Attribution | None = None
+    utm_medium: Attribution | None = None
+    utm_campaign: Attribution | None = None
+    utm_term: Attribution | None = None
+    utm_content: Attribution | None = None
+    page_url: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+        default=None, description="The page the visitor saw (consent evidence)."
+    )
+    params: dict[ParamKey, ParamValue] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Extra fields forwarded to LoopMessage and returned in the webhook "
+        "(e.g. `list` to pick a Call Loop route, `first`, `last`, `email`).",
+    )
+
+    @field_validator("body")
+    @classmethod
+    def _has_code(cls, body: str | None) -> str | None:
+        if body is not None and OPT_IN_CODE not in body:
+            raise ValueError(f"body must contain the literal {OPT_IN_CODE}")
+        return body
+
+    @field_validator("params")
+    @classmethod
+    def _not_reserved(cls, params: dict[str, str]) -> dict[str, str]:
+        clash = sorted(set(params) & RESERVED_PARAMS)
+        if clash:
+            raise ValueError(f"params may not use the reserved names {clash}")
+        return params
+
+    def attribution(self) -> dict[str, str]:
+        fields = {"click_id": self.click_id}
+        fields.update({name: getattr(self, name) for name in UTM_FIELDS})
+        return {name: value for name, value in fields.items() if value}
+
+
+class OptInLinks(BaseModel):
+    id: str = Field(description="LoopMessage's id for this link")
+    ref: str = Field(description="This service's reference for the link request")
+    imessage: str | None = Field(description="imessage:// link, for iOS 13 and later")
+    sms: str | None = Field(description="sms: link, for older iOS, Android and desktop")
+    url: str | None = Field(description="Smart link page (Apple devices)")
+    whatsapp: str | None = None
+    recommended: str = Field(description="Which of imessage / sms / url fits the caller's device")

@@ -1,0 +1,133 @@
+"""The ASGI app: wiring only (routers, middleware, lifespan)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.admin.api import router as admin_router
+from app.clients.callloop import CallLoopClient
+from app.clients.loopmessage import LoopMessageClient
+from app.db import create_engine
+from app.delivery.worker import DeliveryWorker
+from app.deps import Services
+from app.errors import install_error_handlers
+from app.health import router as health_router
+from app.links.routes import router as links_router
+from app.observability import HttpMiddleware, configure_logging
+from app.ratelimit import LinkRateLimiter
+from app.settings import Settings, secret_values
+from app.webhooks.routes import router as webhooks_router
+
+log = logging.getLogger("optin")
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def migration_head() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def http_client(timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        follow_redirects=False,
+    )
+
+
+def build_services(settings: Settings) -> Services:
+    engine = create_engine(settings.database_url)
+    loop_http = http_client(settings.loop_timeout_seconds)
+    callloop_http = http_client(settings.callloop_timeout_seconds)
+    loopmessage = (
+        LoopMessageClient(
+            loop_http, settings.loop_api_base_url, settings.loop_api_key.get_secret_value()
+        )
+        if settings.loop_api_key is not None
+        else None
+    )
+    services = Services(
+        settings=settings,
+        engine=engine,
+        http=loop_http,
+        callloop=CallLoopClient(callloop_http, settings.callloop_method),
+        loopmessage=loopmessage,
+        rate_limiter=LinkRateLimiter(settings.rate_limit_links, settings.rate_limit_storage_url),
+        migration_head=migration_head(),
+    )
+    services.extras["callloop_http"] = callloop_http
+    return services
+
+
+async def close_services(services: Services) -> None:
+    if services.worker is not None:
+        await services.worker.stop()
+    await services.http.aclose()
+    callloop_http = services.extras.get("callloop_http")
+    if isinstance(callloop_http, httpx.AsyncClient):
+        await callloop_http.aclose()
+    await services.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level, secret_values(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        if settings.run_worker:
+            services.worker = DeliveryWorker(
+                services.engine, settings, services.callloop, services.loopmessage
+            )
+            services.worker.start()
+        app.state.services = services
+        missing = settings.missing()
+        if missing:
+            log.warning("settings missing; these features are disabled", extra={"missing": missing})
+        try:
+            yield
+        finally:
+            await close_services(services)
+
+    app = FastAPI(
+        title="optin-backend",
+        version="0.1.0",
+        summary="LoopMessage opt-in links, webhook intake and Call Loop delivery",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_allow_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(HttpMiddleware)
+    app.include_router(health_router)
+    app.include_router(links_router)
+    app.include_router(webhooks_router)
+    app.include_router(admin_router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `app.main:app` for uvicorn, built on first access so importing this module
+    # (tests, alembic) never reads the environment as a side effect.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

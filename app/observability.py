@@ -1,0 +1,196 @@
+"""Logging (JSON or console, masked), Prometheus metrics and the HTTP middleware that feeds both."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.redaction import scrub
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+
+# --- metrics ---------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "optin_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "optin_http_request_duration_seconds",
+    "HTTP request latency by route",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOKS = Counter("optin_webhooks_total", "Webhooks by event and outcome", ["event", "outcome"])
+LINK_REQUESTS = Counter("optin_link_requests_total", "Link requests by outcome", ["outcome"])
+DELIVERIES = Counter(
+    "optin_deliveries_total", "Delivery attempts by kind and result", ["kind", "status"]
+)
+QUEUE_DEPTH = Gauge(
+    "optin_delivery_queue_depth", "Delivery jobs not finished, by status", ["status"]
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "optin_delivery_oldest_pending_age_seconds", "Age of the oldest pending job"
+)
+UPSTREAM_LATENCY = Histogram(
+    "optin_upstream_request_duration_seconds",
+    "Latency of calls to third parties",
+    ["service"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# --- logging ---------------------------------------------------------------------------------
+_secrets: list[str] = []
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets, phone numbers and emails in every record, including libraries' records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg = scrub(message, _secrets)
+        record.args = None
+        for key, value in list(vars(record).items()):
+            if key not in _RESERVED and isinstance(value, str):
+                setattr(record, key, scrub(value, _secrets))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = scrub(self.formatException(record.exc_info), _secrets)
+        return json.dumps(entry, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _RESERVED and not key.startswith("_")
+        )
+        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extras:
+            line = f"{line}  {extras}"
+        if record.exc_info:
+            line = f"{line}\n{scrub(self.formatException(record.exc_info), _secrets)}"
+        return line
+
+
+def configure_logging(log_format: str, level: str, secrets: list[str]) -> None:
+    """Root logging for the service; httpx/httpcore are quietened (they log full URLs)."""
+    _secrets[:] = sorted(set(secrets), key=len, reverse=True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_optin", False):
+            root.removeHandler(existing)
+    handler._optin = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    # Our middleware writes one access line per request, masked; uvicorn's would repeat it.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+access_log = logging.getLogger("optin.access")
+
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+DEFAULT_CSP = b"default-src 'none'; frame-ancestors 'none'"
+
+
+class HttpMiddleware:
+    """Request id (X-Request-ID in and out), security headers, metrics and one access log line.
+
+    A plain ASGI middleware: no per-request task or body copy, so the hot routes stay fast.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")[:100]
+                break
+        request_id = incoming if incoming and incoming.isprintable() else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        # Swagger UI and ReDoc pages load their own scripts: they keep the other headers only.
+        docs_page = scope["path"] in ("/docs", "/redoc", "/docs/oauth2-redirect")
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                for name, value in SECURITY_HEADERS:
+                    if name not in present:
+                        headers.append((name, value))
+                if b"content-security-policy" not in present and not docs_page:
+                    headers.append((b"content-security-policy", DEFAULT_CSP))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, route, str(status_code)).inc()
+            HTTP_LATENCY.labels(method, route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": scope["path"],
+                        "status": status_code,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            request_id_var.reset(token)

@@ -1,0 +1,37 @@
+"""Per-client-IP rate limit for the public link endpoints (`limits`' native async API).
+
+In memory by default; shared by every API process through Redis when RATE_LIMIT_STORAGE_URL
+is `redis://…`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import parse
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from app.errors import ServiceError
+
+
+class LinkRateLimiter:
+    def __init__(self, limit: str, storage_url: str) -> None:
+        self.limit = parse(limit)
+        url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
+        self.storage = storage_from_string(url)
+        self.limiter = MovingWindowRateLimiter(self.storage)
+
+    async def check(self, client_key: str) -> None:
+        """Raise 429 with Retry-After when this client is over its budget."""
+        if await self.limiter.hit(self.limit, "links", client_key):
+            return
+        stats = await self.limiter.get_window_stats(self.limit, "links", client_key)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise ServiceError(
+            429,
+            "rate_limited",
+            f"too many link requests from this address; try again in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )

@@ -1,0 +1,59 @@
+"""Masking of personal data and secrets before anything reaches a log, a page or a response."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+_PHONE_RE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+
+
+def mask_url(url: str) -> str:
+    """Keep the scheme, host and path kind (/r/, /s/, /t/); hide everything secret after it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<url>"
+    if not parts.scheme or not parts.netloc:
+        return "<url>"
+    kind = ""
+    for marker in ("/r/", "/s/", "/t/", "/webhook/"):
+        if marker in parts.path:
+            kind = marker
+            break
+    return f"{parts.scheme}://{parts.hostname}{kind}…"
+
+
+def mask_phone(phone: str) -> str:
+    """`+15555550123` -> `+1*******0123`."""
+    digits = phone.strip()
+    if len(digits) <= 4:
+        return "*" * len(digits)
+    keep_head = 2 if digits.startswith("+") else 0
+    return digits[:keep_head] + "*" * (len(digits) - keep_head - 4) + digits[-4:]
+
+
+def mask_email(email: str) -> str:
+    """`jane.doe@example.com` -> `j***@example.com`."""
+    local, _, domain = email.partition("@")
+    if not domain:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_contact(contact: str | None) -> str:
+    if not contact:
+        return ""
+    if "@" in contact:
+        return mask_email(contact)
+    return mask_phone(contact)
+
+
+def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """Remove secrets, then mask anything that looks like a phone number or email address."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[redacted]")
+    text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\s().-]", "", m.group(0))), text)

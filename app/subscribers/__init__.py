@@ -1,0 +1,1 @@
+"""Subscribers: one per contact, with opt-in, opt-out and erasure."""

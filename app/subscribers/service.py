@@ -1,0 +1,105 @@
+"""A subscriber's life: first opt-in, repeat opt-ins, opt-out, re-opt-in, erasure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import insert_ignore, table_of
+from app.delivery.jobs import enqueue_audience_delete, enqueue_opt_outs
+from app.models import Subscriber
+from app.settings import Settings
+
+subscribers = table_of(Subscriber)
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    id: int
+    status: str
+    created: bool
+
+
+async def upsert_subscriber(conn: AsyncConnection, contact: str, now: datetime) -> SubscriberRow:
+    """The subscriber for `contact`, created on first sight; on PostgreSQL the row is locked
+    for the rest of the transaction so concurrent webhooks for one contact take turns."""
+    created = await conn.execute(
+        insert_ignore(conn.dialect.name, subscribers, "contact")
+        .values(
+            contact=contact,
+            status="active",
+            first_opt_in_at=now,
+            last_opt_in_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(subscribers.c.id)
+    )
+    new_id = created.scalar()
+    if new_id is not None:
+        return SubscriberRow(new_id, "active", True)
+    query = select(subscribers.c.id, subscribers.c.status).where(subscribers.c.contact == contact)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = (await conn.execute(query)).one()
+    return SubscriberRow(row.id, row.status, False)
+
+
+async def record_opt_in(conn: AsyncConnection, subscriber: SubscriberRow, now: datetime) -> None:
+    """A repeat or renewed opt-in: an opted-out contact who opts in again is active again."""
+    if subscriber.created:
+        return
+    await conn.execute(
+        update(subscribers)
+        .where(subscribers.c.id == subscriber.id)
+        .values(
+            status="active",
+            last_opt_in_at=now,
+            updated_at=now,
+            opted_out_at=None,
+            opt_out_source=None,
+        )
+    )
+
+
+async def find_subscriber(conn: AsyncConnection, contact: str) -> tuple[int, str] | None:
+    row = (
+        await conn.execute(
+            select(subscribers.c.id, subscribers.c.status).where(subscribers.c.contact == contact)
+        )
+    ).first()
+    return (row.id, row.status) if row else None
+
+
+async def opt_out(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    contact: str,
+    source: str,
+    now: datetime,
+    audience_delete: bool = False,
+) -> tuple[int, int] | None:
+    """Mark the contact opted out and queue the Call Loop `/s/` call for each of its groups.
+
+    Returns (subscriber id, opt-out jobs queued), or None when the contact is unknown.
+    """
+    found = await find_subscriber(conn, contact)
+    if found is None:
+        return None
+    subscriber_id, status = found
+    if status != "opted_out":
+        await conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(status="opted_out", opted_out_at=now, opt_out_source=source, updated_at=now)
+        )
+    queued = await enqueue_opt_outs(
+        conn, settings, subscriber_id=subscriber_id, contact=contact, now=now
+    )
+    if audience_delete and status != "opted_out":
+        await enqueue_audience_delete(conn, subscriber_id=subscriber_id, contact=contact, now=now)
+    return subscriber_id, queued

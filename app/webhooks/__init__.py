@@ -1,0 +1,1 @@
+"""LoopMessage webhook intake: verify, dedupe, store, acknowledge."""

@@ -1,0 +1,91 @@
+"""POST /v1/webhooks/loopmessage: verify, bound, parse, store once, then answer 200."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from fastapi import APIRouter, Request
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app.deps import ServicesDep
+from app.errors import ServiceError, not_configured
+from app.observability import WEBHOOKS
+from app.webhooks.parse import InvalidWebhook, parse_webhook
+from app.webhooks.service import ingest
+
+router = APIRouter(tags=["webhooks"])
+log = logging.getLogger("optin.webhooks")
+
+MAX_WEBHOOK_BYTES = 256 * 1024
+
+
+def verify_authorization(header: str | None, secrets: list[str]) -> bool:
+    """Constant-time comparison against the current secret and, during rotation, the old one."""
+    presented = (header or "").encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(presented, secret.encode())
+    return matched and bool(presented)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ServiceError(413, "payload_too_large", f"the body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError(413, "payload_too_large", f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/v1/webhooks/loopmessage",
+    responses={
+        400: {"description": "Malformed JSON"},
+        401: {"description": "Missing or wrong Authorization"},
+        413: {"description": "Body over 256 KB"},
+        422: {"description": "JSON that is not a LoopMessage webhook"},
+        503: {"description": "LOOP_WEBHOOK_SECRET unset, or the database is unavailable"},
+    },
+)
+async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[str, str]:
+    """Receive a LoopMessage webhook. The 200 is sent only after the row is committed."""
+    secrets = services.settings.webhook_secrets
+    if not secrets:
+        raise not_configured("LOOP_WEBHOOK_SECRET", "Webhook intake")
+    if not verify_authorization(request.headers.get("authorization"), secrets):
+        WEBHOOKS.labels("unknown", "unauthorized").inc()
+        raise ServiceError(401, "unauthorized", "wrong or missing Authorization header")
+    raw = await read_limited(request, MAX_WEBHOOK_BYTES)
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        WEBHOOKS.labels("unknown", "malformed").inc()
+        raise ServiceError(400, "malformed_json", "the body is not valid JSON") from None
+    try:
+        parsed = parse_webhook(payload)
+    except InvalidWebhook as exc:
+        WEBHOOKS.labels("unknown", "invalid").inc()
+        raise ServiceError(422, "invalid_webhook", str(exc)) from None
+    try:
+        async with services.engine.begin() as conn:
+            outcome = await ingest(conn, services.settings, parsed)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        WEBHOOKS.labels(parsed.event, "unavailable").inc()
+        log.warning("webhook not stored: database unavailable", extra={"error": type(exc).__name__})
+        raise ServiceError(
+            503,
+            "database_unavailable",
+            "could not store the webhook; retry later",
+            headers={"Retry-After": "30"},
+        ) from None
+    WEBHOOKS.labels(parsed.event, outcome.status).inc()
+    if outcome.jobs_queued:
+        services.wake_worker()
+    return {"status": outcome.status, "webhook_id": parsed.webhook_id}
