@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import insert_ignore, table_of
 from app.delivery.jobs import enqueue_audience_delete, enqueue_opt_outs
-from app.models import Subscriber
+from app.models import DeliveryJob, Erasure, LinkRequest, OptIn, Subscriber
 from app.settings import Settings
 
 subscribers = table_of(Subscriber)
+opt_ins = table_of(OptIn)
+link_requests = table_of(LinkRequest)
+jobs = table_of(DeliveryJob)
+erasures = table_of(Erasure)
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,60 @@ async def opt_out(
     if audience_delete and status != "opted_out":
         await enqueue_audience_delete(conn, subscriber_id=subscriber_id, contact=contact, now=now)
     return subscriber_id, queued
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    subscriber_id: int
+    opt_ins_erased: int
+    opt_out_jobs: int
+
+
+async def erase_subscriber(
+    conn: AsyncConnection, settings: Settings, *, contact: str, now: datetime
+) -> ErasureResult | None:
+    """Right to erasure: opt the contact out everywhere, then remove its personal data.
+
+    Kept: anonymous counts (opt-ins, attribution, delivery history without phone numbers) and
+    an `erasures` row saying that an erase happened and when. The opt-out jobs queued here keep
+    the phone number until Call Loop has been told, since `/s/` cannot work without it.
+    """
+    found = await find_subscriber(conn, contact)
+    if found is None:
+        return None
+    subscriber_id, _status = found
+    opted = await opt_out(conn, settings, contact=contact, source="erase", now=now)
+    queued = opted[1] if opted else 0
+    erased_opt_ins = await conn.execute(
+        update(opt_ins)
+        .where(opt_ins.c.subscriber_id == subscriber_id)
+        .values(contact=None, raw_payload=None, params={}, erased_at=now)
+        .returning(opt_ins.c.link_request_id)
+    )
+    erased_rows = erased_opt_ins.all()
+    link_ids = [row.link_request_id for row in erased_rows if row.link_request_id]
+    if link_ids:
+        await conn.execute(
+            update(link_requests)
+            .where(link_requests.c.id.in_(link_ids))
+            .values(client_ip=None, user_agent=None, page_url=None, params={})
+        )
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.subscriber_id == subscriber_id, jobs.c.kind != "opt_out")
+        .values(payload={})
+    )
+    await conn.execute(
+        update(subscribers)
+        .where(subscribers.c.id == subscriber_id)
+        .values(contact=None, status="erased", updated_at=now)
+    )
+    await conn.execute(
+        insert(erasures).values(
+            subscriber_id=subscriber_id,
+            erased_at=now,
+            opt_ins_erased=len(erased_rows),
+            requested_by="admin",
+        )
+    )
+    return ErasureResult(subscriber_id, len(erased_rows), queued)
