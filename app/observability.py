@@ -50,7 +50,7 @@ UPSTREAM_LATENCY = Histogram(
 
 # --- logging ---------------------------------------------------------------------------------
 _secrets: list[str] = []
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 class RedactingFilter(logging.Filter):

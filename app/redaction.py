@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-_PHONE_RE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+# E.164-looking numbers (`+15555550123`, `+1 555-555-0123`) and their URL-encoded form
+# (`%2B15555550123`); bare digit runs are left alone so IPs, ids and times stay readable.
+_PHONE_RE = re.compile(r"(?:\+|%2B)\d[\d\s-]{6,17}\d", re.IGNORECASE)
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
@@ -56,4 +58,4 @@ def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
         if secret and secret in text:
             text = text.replace(secret, "[redacted]")
     text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\s().-]", "", m.group(0))), text)
+    return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\s-]", "", m.group(0))), text)
