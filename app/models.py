@@ -24,7 +24,18 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 Timestamp = UTCDateTime()
 
 
-class LinkRequest(Base):
+class Attribution:
+    """The marketing attribution a landing page passes through the link to the webhook."""
+
+    click_id: Mapped[str | None] = mapped_column(String(500), index=True)
+    utm_source: Mapped[str | None] = mapped_column(String(500))
+    utm_medium: Mapped[str | None] = mapped_column(String(500))
+    utm_campaign: Mapped[str | None] = mapped_column(String(500), index=True)
+    utm_term: Mapped[str | None] = mapped_column(String(500))
+    utm_content: Mapped[str | None] = mapped_column(String(500))
+
+
+class LinkRequest(Attribution, Base):
     """One call to LoopMessage generate-url, with the consent evidence of the visitor."""
 
     __tablename__ = "link_requests"
@@ -33,12 +44,6 @@ class LinkRequest(Base):
     ref: Mapped[str] = mapped_column(String(40), unique=True)  # sent upstream as `optin_ref`
     loop_link_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
-    click_id: Mapped[str | None] = mapped_column(String(500), index=True)
-    utm_source: Mapped[str | None] = mapped_column(String(500))
-    utm_medium: Mapped[str | None] = mapped_column(String(500))
-    utm_campaign: Mapped[str | None] = mapped_column(String(500), index=True)
-    utm_term: Mapped[str | None] = mapped_column(String(500))
-    utm_content: Mapped[str | None] = mapped_column(String(500))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Consent evidence: the exact text offered, where, to whom, when (created_at).
     consent_text: Mapped[str] = mapped_column(Text)
@@ -65,7 +70,7 @@ class Subscriber(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
-class OptIn(Base):
+class OptIn(Attribution, Base):
     """A completed opt-in as LoopMessage reported it: one row per webhook_id."""
 
     __tablename__ = "opt_ins"
@@ -83,12 +88,6 @@ class OptIn(Base):
     event: Mapped[str] = mapped_column(String(64))
     message_id: Mapped[str | None] = mapped_column(String(200))
     organization_id: Mapped[str | None] = mapped_column(String(200))
-    click_id: Mapped[str | None] = mapped_column(String(500), index=True)
-    utm_source: Mapped[str | None] = mapped_column(String(500))
-    utm_medium: Mapped[str | None] = mapped_column(String(500))
-    utm_campaign: Mapped[str | None] = mapped_column(String(500), index=True)
-    utm_term: Mapped[str | None] = mapped_column(String(500))
-    utm_content: Mapped[str | None] = mapped_column(String(500))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     language_code: Mapped[str | None] = mapped_column(String(32))
     language_name: Mapped[str | None] = mapped_column(String(100))
