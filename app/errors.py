@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -45,6 +47,15 @@ def install_error_handlers(app: FastAPI) -> None:
             for error in exc.errors()
         ]
         return JSONResponse(error_body("validation_error", errors), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback by the server; the caller gets JSON and the request id.
+        logging.getLogger("optin").error("unhandled error", exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "unexpected error; see the service logs"),
+            status_code=500,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
