@@ -52,7 +52,13 @@ def check_trigger_url(url: str, where: str) -> None:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # A start-up error must not print the raw input: it holds the secret Call Loop URLs
+        # and keys. Our own messages name the setting (and the route) with URLs masked.
+        hide_input_in_errors=True,
     )
 
     # Where and how the service runs
@@ -221,9 +227,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
             check_group_url(entry["group_url"], where)
             trigger = entry.get("trigger_url")
-            if trigger is not None:
-                if not isinstance(trigger, str):
-                    raise ValueError(f"{where}: trigger_url must be a string")
+            if trigger is not None and not isinstance(trigger, str):
+                raise ValueError(f"{where}: trigger_url must be a string")
+            if trigger:  # an empty string means no trigger, like an unset CALLLOOP_TRIGGER_URL
                 check_trigger_url(trigger, where)
             routes[key] = CallLoopRoute(key, entry["group_url"], trigger or None)
         return routes

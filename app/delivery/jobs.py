@@ -114,6 +114,7 @@ async def enqueue_subscribe(
         )
         if rejoined.first() is None:
             return "already_member"
+        await cancel_unsent_opt_out(conn, subscriber_id, route.group_url, now)
     await conn.execute(
         insert(jobs).values(
             **base,
@@ -125,6 +126,23 @@ async def enqueue_subscribe(
         )
     )
     return "queued"
+
+
+async def cancel_unsent_opt_out(
+    conn: AsyncConnection, subscriber_id: int, group_url: str, now: datetime
+) -> None:
+    """A re-opt-in supersedes an opt-out from that group not sent yet: drop the `/s/` so it
+    cannot reach Call Loop after (or together with) the new add and undo it."""
+    await conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.subscriber_id == subscriber_id,
+            jobs.c.kind == "opt_out",
+            jobs.c.status == "pending",
+            jobs.c.target_url == opt_out_url(group_url),
+        )
+        .values(status="cancelled", last_error="the contact opted in again first", updated_at=now)
+    )
 
 
 async def enqueue_opt_outs(
