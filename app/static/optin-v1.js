@@ -73,7 +73,7 @@
   function setState(buttons, state, message) {
     buttons.forEach(function (button) {
       button.setAttribute("data-optin-state", state);
-      button.setAttribute("aria-disabled", state === "ready" ? "false" : "true");
+      button.setAttribute("aria-disabled", state === "loading" ? "true" : "false");
     });
     if (buttons.length) {
       var box = messageFor(buttons[0]);
