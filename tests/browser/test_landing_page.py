@@ -3,11 +3,14 @@ from one loopback origin, the service from another, the fake LoopMessage behind 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import zxingcpp
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +24,7 @@ LANDING = ROOT / "examples" / "landing"
 DEMO_API_ORIGIN = "http://127.0.0.1:8000"  # what the demo page names; pointed at the live API
 BUTTON = "[data-optin]"
 MESSAGE = "[data-optin-message]"
+QR = "[data-optin-qr]"
 
 
 @pytest.fixture
@@ -87,6 +91,13 @@ async def test_allowed_origin_gets_the_link_with_the_pages_attribution(
     assert row.ref == sent["optin_ref"]
     assert href.endswith(row.loop_link_id)  # the button holds the link LoopMessage made
 
+    # On a desktop the smart link is also a QR code, drawn by the script itself: a phone's
+    # camera (here zxing-cpp, on a screenshot of it) reads back exactly the button's link.
+    await tab.page.wait_for_selector(f"{QR} svg", state="visible")
+    picture = await tab.page.locator(f"{QR} svg").screenshot()
+    decoded = zxingcpp.read_barcodes(Image.open(io.BytesIO(picture)))
+    assert [code.text for code in decoded] == [href]
+
     await tab.page.screenshot(path=str(artifacts / "landing-page.png"), full_page=True)
 
 
@@ -109,6 +120,7 @@ async def test_the_button_gets_the_link_for_the_device(
     assert await state_of(tab.page) == "ready"
     href = await tab.page.get_attribute(BUTTON, "href")
     assert href is not None and href.startswith(scheme)
+    assert await tab.page.is_visible(f"{QR} svg") == (user_agent == DESKTOP)
 
 
 async def test_origin_not_allowed_is_blocked_and_the_page_says_so(
