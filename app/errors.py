@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -31,6 +32,38 @@ def not_configured(setting: str, what: str) -> ServiceError:
 
 def error_body(code: str, detail: object) -> dict[str, object]:
     return {"code": code, "detail": detail}
+
+
+# A page for people, not programs: no script, inline styles only, never framed.
+ERROR_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+_ERROR_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title></head>
+<body style="font: 17px/1.5 system-ui, sans-serif; max-width: 34rem; margin: 4rem auto;
+ padding: 0 1rem; color: #222">
+<h1 style="font-size: 1.3rem">{title}</h1>
+<p>{message}</p>
+<p style="color: #666; font-size: 0.85rem">{detail} (code: {code})</p>
+</body></html>
+"""
+
+
+def error_page(exc: ServiceError) -> HTMLResponse:
+    """The same error as a small HTML page, for a visitor who followed a link in a browser."""
+    if exc.status_code == 429:
+        title, message = "Please wait a moment", "Too many tries from your network just now."
+    elif exc.status_code < 500:
+        title = "This sign-up link is not valid"
+        message = "The link you followed is malformed. Please check it, or ask for a new one."
+    else:
+        title = "Sign-up is briefly unavailable"
+        message = "We could not prepare your sign-up link right now. Please try again shortly."
+    body = _ERROR_PAGE.format(
+        title=title, message=message, detail=html.escape(exc.detail), code=html.escape(exc.code)
+    )
+    headers = {**(exc.headers or {}), "Content-Security-Policy": ERROR_PAGE_CSP}
+    return HTMLResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

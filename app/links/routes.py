@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 
 from app.clientip import client_ip
 from app.deps import ServicesDep
-from app.links.schemas import OptInLinkRequest, OptInLinks
+from app.errors import ServiceError, error_page
+from app.links.schemas import OptInLinkRequest, OptInLinks, request_from_query
 from app.links.service import Visitor, create_link
 
 router = APIRouter(tags=["links"])
@@ -36,3 +40,45 @@ async def post_opt_in_link(
     visitor = visitor_of(request, services)
     await services.rate_limiter.check(visitor.ip or "unknown")
     return await create_link(services, payload, visitor)
+
+
+def _summary(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'query'}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
+@router.get(
+    "/v1/opt-in",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={302: {"description": "Redirect to the link that fits the device"}, **ERRORS},
+)
+async def opt_in_redirect(request: Request, services: ServicesDep) -> Response:
+    """The no-JS link: `?click_id=…&utm_campaign=…` answers 302 to the link for this device.
+
+    Takes the POST's fields as query parameters (gclid, fbclid or ttclid stand in for click_id;
+    other names become extra parameters). Errors are JSON, or a small HTML page when the client
+    accepts text/html (a visitor's browser).
+    """
+    wants_html = "text/html" in request.headers.get("accept", "")
+    try:
+        try:
+            payload = request_from_query(request.query_params.multi_items())
+        except ValidationError as exc:
+            if not wants_html:
+                raise RequestValidationError(exc.errors(include_context=False)) from None
+            raise ServiceError(422, "validation_error", _summary(exc)) from None
+        visitor = visitor_of(request, services)
+        await services.rate_limiter.check(visitor.ip or "unknown")
+        links = await create_link(services, payload, visitor, channel="redirect")
+        target = getattr(links, links.recommended)
+        if not target:
+            raise ServiceError(502, "upstream_error", "LoopMessage answered without any link")
+    except ServiceError as exc:
+        if wants_html:
+            return error_page(exc)
+        raise
+    # Every visit makes a new link (its own ref): never cached, by the browser or a proxy.
+    return RedirectResponse(target, status_code=302, headers={"Cache-Control": "no-store"})

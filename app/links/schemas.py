@@ -71,3 +71,27 @@ class OptInLinks(BaseModel):
     url: str | None = Field(description="Smart link page (Apple devices)")
     whatsapp: str | None = None
     recommended: str = Field(description="Which of imessage / sms / url fits the caller's device")
+
+
+# Ad platforms append their own click id to a landing URL; any of them stands in for click_id.
+CLICK_ID_ALIASES = ("click_id", "gclid", "fbclid", "ttclid")
+_QUERY_FIELDS = {"body", "page_url", *UTM_FIELDS}
+
+
+def request_from_query(query: list[tuple[str, str]]) -> OptInLinkRequest:
+    """The no-JS link's query string as the same request the POST takes (same validation).
+
+    Known names fill their fields (the first of click_id, gclid, fbclid, ttclid becomes click_id);
+    every other name is an extra parameter, so reserved names and bad keys are rejected as in
+    `params`. A repeated name keeps its first value. Raises pydantic's ValidationError.
+    """
+    first: dict[str, str] = {}
+    for name, value in query:
+        first.setdefault(name, value)
+    fields: dict[str, object] = {name: first[name] for name in _QUERY_FIELDS if name in first}
+    click_ids = [first[name] for name in CLICK_ID_ALIASES if first.get(name)]
+    if click_ids:
+        fields["click_id"] = click_ids[0]
+    known = _QUERY_FIELDS | set(CLICK_ID_ALIASES)
+    fields["params"] = {name: value for name, value in first.items() if name not in known}
+    return OptInLinkRequest.model_validate(fields)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -172,25 +172,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeServer:
-    """A fake running in its own thread: `base_url`, `state`, `stop()`."""
+class ThreadedServer:
+    """A real uvicorn server for an ASGI app in its own thread: `base_url`, `start()`, `stop()`.
 
-    def __init__(self, app: Starlette, state: FakeState, port: int | None = None) -> None:
-        self.state = state
+    `lifespan="on"` runs the app's start-up and shut-down (the service itself needs it).
+    """
+
+    def __init__(self, app: Any, port: int | None = None, lifespan: str = "off") -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> FakeServer:
+    def start(self) -> Self:
         self.thread.start()
         deadline = time.time() + 10
         while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("fake server did not start")
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server on {self.base_url} did not start")
             time.sleep(0.01)
         return self
 
@@ -198,6 +200,14 @@ class FakeServer:
         self.server.should_exit = True
         with contextlib.suppress(RuntimeError):
             self.thread.join(timeout=5)
+
+
+class FakeServer(ThreadedServer):
+    """A fake third party running in its own thread: `base_url`, `state`, `stop()`."""
+
+    def __init__(self, app: Starlette, state: FakeState, port: int | None = None) -> None:
+        super().__init__(app, port)
+        self.state = state
 
 
 def start_fake_loopmessage(port: int | None = None) -> FakeServer:
@@ -208,3 +218,14 @@ def start_fake_loopmessage(port: int | None = None) -> FakeServer:
 def start_fake_callloop(port: int | None = None) -> FakeServer:
     state = FakeState()
     return FakeServer(fake_callloop_app(state), state, port).start()
+
+
+if __name__ == "__main__":
+    # A fake LoopMessage for trying the service without an account (README, "Browser frontends"):
+    #   python -m tests.fakes.servers 9000
+    import sys
+
+    fake = start_fake_loopmessage(int(sys.argv[1]) if len(sys.argv) > 1 else None)
+    print(f"fake LoopMessage on {fake.base_url} (Ctrl-C to stop)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        fake.thread.join()
