@@ -113,6 +113,9 @@ class ConsoleFormatter(logging.Formatter):
         )
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
         line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        request_id = request_id_var.get()
+        if request_id:
+            extras = f"{extras} request_id={request_id}".lstrip()
         if extras:
             line = f"{line}  {extras}"
         if record.exc_info:

@@ -293,12 +293,16 @@ async def test_console_format_for_make_run(
 ) -> None:
     api = await make_api(run_worker=False, log_format="console")
     capsys.readouterr()
-    await api.admin_post(f"/v1/subscribers/{PHONE}/opt-out")
+    await api.client.post(
+        f"/v1/subscribers/{PHONE}/opt-out",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Request-ID": "console-1"},
+    )
     text = capsys.readouterr().out
     [line] = [line for line in text.splitlines() if "optin.access" in line]
     assert not line.startswith("{")
     assert "INFO" in line and "request" in line and "status=404" in line
     assert PHONE not in line and "******0177" in line
+    assert line.endswith("request_id=console-1")
 
 
 def test_request_id_header_is_bounded_and_printable() -> None:
