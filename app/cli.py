@@ -40,6 +40,13 @@ def when(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def per_page(text: str) -> int:
+    """`--per-page`: 1 to 1000."""
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1000")
+    return int(text)
+
+
 def load_settings() -> Settings:
     """Settings for a one-shot command, with logs on stderr (stdout carries its output)."""
     from app.observability import configure_logging
@@ -210,11 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument(
         "--per-page",
-        type=int,
+        type=per_page,
         default=100,
-        choices=range(1, 1001),
         metavar="N",
-        help="items per history page (default 100)",
+        help="items per history page, 1 to 1000 (default 100)",
     )
     reconcile.add_argument(
         "--max-pages",

@@ -119,6 +119,10 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "ISO 8601" in result.stderr
     assert run_cli("reconcile", env=env, cwd=tmp_path, check=False).returncode == 2
+    zero = run_cli(
+        "reconcile", "--since", "1h", "--per-page", "0", env=env, cwd=tmp_path, check=False
+    )
+    assert zero.returncode == 2 and "1 to 1000" in zero.stderr
 
 
 def test_configuration_error_is_one_clear_line_without_the_secret(tmp_path: Path) -> None:
