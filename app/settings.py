@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_lease_seconds: float = Field(default=30.0, gt=0, le=60)
     delivery_concurrency: int = Field(default=8, ge=1, le=100)
+    # The standalone worker (`optin-backend worker`) serves its own /metrics on HOST:this port,
+    # without a token: keep it on an internal network. Unset: no metrics port.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("cors_allow_origins", "trusted_proxies", "optout_keywords", mode="before")
     @classmethod
@@ -170,6 +173,7 @@ class Settings(BaseSettings):
         "callloop_group_url",
         "callloop_trigger_url",
         "callloop_routes",
+        "worker_metrics_port",
         mode="before",
     )
     @classmethod

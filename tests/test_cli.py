@@ -378,3 +378,54 @@ async def test_retry_dead_requeues_dead_jobs_for_the_worker(
     [done] = await wait_until(lambda: api.deliveries("done"))
     assert done["id"] == dead["id"]
     assert json.loads((await arun_cli("retry-dead", env=env, cwd=workdir)).stdout) == {"retried": 0}
+
+
+# --- worker (standalone, with its own metrics port) ----------------------------------------
+
+
+async def test_standalone_worker_delivers_and_serves_its_metrics(
+    make_api: ApiFactory, fakes: Fakes, db_url: str, workdir: Path
+) -> None:
+    import signal
+
+    import httpx
+
+    from tests.fakes.servers import free_port
+
+    intake = await make_api(run_worker=False)
+    await intake.webhook(opt_in_payload(contact="+15555550230"))
+    port = free_port()
+    env = cli_env(db_url, fakes, HOST="127.0.0.1", WORKER_METRICS_PORT=str(port), LOG_LEVEL="INFO")
+    process = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        "worker",
+        env=env,
+        cwd=workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_until(lambda: fakes.callloop.state.received("/r/"), timeout=60)
+        await wait_until(lambda: intake.deliveries("done"), timeout=30)
+
+        async def scraped() -> str | None:
+            try:
+                async with httpx.AsyncClient() as client:
+                    response = await client.get(f"http://127.0.0.1:{port}/metrics")
+            except httpx.TransportError:
+                return None
+            text = response.text
+            done = 'optin_deliveries_total{kind="subscribe",status="done"} 1.0'
+            return text if done in text else None
+
+        text = await wait_until(scraped, timeout=30)
+        assert 'optin_upstream_request_duration_seconds_count{service="callloop"} 1.0' in text
+        assert "optin_delivery_queue_depth" in text
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    logs = out.decode()
+    assert "delivery worker started" in logs
+    assert "+15555550230" not in logs and "15555550230" not in logs
