@@ -5,8 +5,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY requirements/prod.lock requirements/prod.lock
-RUN /opt/venv/bin/pip install --no-deps --require-hashes -r requirements/prod.lock || \
-    /opt/venv/bin/pip install --no-deps -r requirements/prod.lock
+# The lock pins every package (uv pip compile), so nothing unpinned is resolved here.
+RUN /opt/venv/bin/pip install --no-deps -r requirements/prod.lock
 
 # Runtime stage: the virtualenv, the code and its migrations, and nothing to build with.
 FROM python:3.11-slim-bookworm

@@ -23,6 +23,7 @@ from app.deps import Services
 from app.errors import install_error_handlers
 from app.health import router as health_router
 from app.links.routes import router as links_router
+from app.metrics import router as metrics_router
 from app.observability import HttpMiddleware, configure_logging
 from app.ratelimit import LinkRateLimiter
 from app.settings import Settings, secret_values
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(HttpMiddleware)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(links_router)
     app.include_router(webhooks_router)
     app.include_router(admin_router)

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,12 +41,31 @@ QUEUE_DEPTH = Gauge(
 QUEUE_OLDEST_AGE = Gauge(
     "optin_delivery_oldest_pending_age_seconds", "Age of the oldest pending job"
 )
+DELIVERY_JOBS = Gauge(
+    "optin_delivery_jobs",
+    "Delivery jobs in the database by kind and status (read at scrape time)",
+    ["kind", "status"],
+)
+JOB_KINDS = ("subscribe", "opt_out", "trigger", "audience_delete")
+JOB_STATUSES = ("pending", "in_progress", "done", "dead", "skipped", "cancelled")
 UPSTREAM_LATENCY = Histogram(
     "optin_upstream_request_duration_seconds",
     "Latency of calls to third parties",
     ["service"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+def set_queue_gauges(stats: dict[str, Any]) -> None:
+    """Publish one `outbox.queue_stats` reading; absent combinations read 0, not stale."""
+    counts: dict[str, int] = stats["counts"]
+    for status in ("pending", "in_progress", "dead"):
+        QUEUE_DEPTH.labels(status).set(counts.get(status, 0))
+    QUEUE_OLDEST_AGE.set(stats["oldest_pending_age_seconds"])
+    by_kind: dict[tuple[str, str], int] = stats["by_kind"]
+    for kind, status in set(by_kind) | {(k, s) for k in JOB_KINDS for s in JOB_STATUSES}:
+        DELIVERY_JOBS.labels(kind, status).set(by_kind.get((kind, status), 0))
+
 
 # --- logging ---------------------------------------------------------------------------------
 _secrets: list[str] = []
@@ -94,6 +113,9 @@ class ConsoleFormatter(logging.Formatter):
         )
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
         line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        request_id = request_id_var.get()
+        if request_id:
+            extras = f"{extras} request_id={request_id}".lstrip()
         if extras:
             line = f"{line}  {extras}"
         if record.exc_info:
@@ -101,10 +123,13 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(log_format: str, level: str, secrets: list[str]) -> None:
-    """Root logging for the service; httpx/httpcore are quietened (they log full URLs)."""
+def configure_logging(
+    log_format: str, level: str, secrets: list[str], stream: TextIO | None = None
+) -> None:
+    """Root logging for the service (stdout, or `stream`: the CLI keeps stdout for its output);
+    httpx/httpcore are quietened (they log full URLs), and scrubbed if turned up."""
     _secrets[:] = sorted(set(secrets), key=len, reverse=True)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

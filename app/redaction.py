@@ -8,7 +8,15 @@ from urllib.parse import urlsplit
 # E.164-looking numbers (`+15555550123`, `+1 555-555-0123`) and their URL-encoded form
 # (`%2B15555550123`); bare digit runs are left alone so IPs, ids and times stay readable.
 _PHONE_RE = re.compile(r"(?:\+|%2B)\d[\d\s-]{6,17}\d", re.IGNORECASE)
-_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+# `@` or its percent-encoding: HTTP libraries log URLs, where an email is `jane%40example.com`.
+_EMAIL_RE = re.compile(
+    r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(?:@|%40)([A-Za-z0-9.-]+\.[A-Za-z]{2,})", re.IGNORECASE
+)
+
+
+# A Call Loop integration URL (`…/r/?key`, `…/s/?key`, `…/t/?key`): everything after the
+# marker is the secret, whichever group it belongs to (old memberships included).
+_CALLLOOP_URL_RE = re.compile(r"(https?://[^\s/\"'<>]+)(/[rst]/)[^\s\"'<>]*")
 
 
 def mask_url(url: str) -> str:
@@ -57,5 +65,6 @@ def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, "[redacted]")
+    text = _CALLLOOP_URL_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}…", text)
     text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
     return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\s-]", "", m.group(0))), text)

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
 
     # Admin
     admin_token: SecretStr | None = None
+    # Read-only bearer token for /metrics (ADMIN_TOKEN is accepted there too)
+    metrics_token: SecretStr | None = None
 
     # Delivery worker
     run_worker: bool = True
@@ -109,6 +111,9 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_lease_seconds: float = Field(default=30.0, gt=0, le=60)
     delivery_concurrency: int = Field(default=8, ge=1, le=100)
+    # The standalone worker (`optin-backend worker`) serves its own /metrics on HOST:this port,
+    # without a token: keep it on an internal network. Unset: no metrics port.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("cors_allow_origins", "trusted_proxies", "optout_keywords", mode="before")
     @classmethod
@@ -170,9 +175,11 @@ class Settings(BaseSettings):
         "loop_webhook_secret",
         "loop_webhook_secret_previous",
         "admin_token",
+        "metrics_token",
         "callloop_group_url",
         "callloop_trigger_url",
         "callloop_routes",
+        "worker_metrics_port",
         mode="before",
     )
     @classmethod
@@ -192,9 +199,10 @@ class Settings(BaseSettings):
             "LOOP_WEBHOOK_SECRET": self.loop_webhook_secret,
             "LOOP_WEBHOOK_SECRET_PREVIOUS": self.loop_webhook_secret_previous,
             "ADMIN_TOKEN": self.admin_token,
+            "METRICS_TOKEN": self.metrics_token,
         }
         admin = self.admin_token.get_secret_value() if self.admin_token else None
-        for name in ("LOOP_WEBHOOK_SECRET", "LOOP_WEBHOOK_SECRET_PREVIOUS"):
+        for name in ("LOOP_WEBHOOK_SECRET", "LOOP_WEBHOOK_SECRET_PREVIOUS", "METRICS_TOKEN"):
             value = secrets[name]
             if admin and value is not None and value.get_secret_value() == admin:
                 raise ValueError(f"{name} and ADMIN_TOKEN must differ")
@@ -276,13 +284,18 @@ def secret_values(settings: Settings) -> list[str]:
             settings.loop_webhook_secret,
             settings.loop_webhook_secret_previous,
             settings.admin_token,
+            settings.metrics_token,
             settings.callloop_group_url,
             settings.callloop_trigger_url,
         )
         if secret is not None
     ]
-    for route in settings.routes.values():
-        values.append(route.group_url)
+    routes = list(settings.routes.values())
+    if settings.default_route is not None:
+        routes.append(settings.default_route)
+    for route in routes:
+        # The opt-out URL is the group URL with /r/ -> /s/ (app.clients.callloop.opt_out_url).
+        values.extend((route.group_url, route.group_url.replace("/r/", "/s/", 1)))
         if route.trigger_url:
             values.append(route.trigger_url)
     return [value for value in values if len(value) >= 4]

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
 
 from app.delivery.worker import DeliveryWorker
 from app.main import build_services, close_services
@@ -15,7 +18,20 @@ from app.settings import Settings, secret_values
 log = logging.getLogger("optin.worker")
 
 
+def serve_metrics(settings: Settings) -> WSGIServer | None:
+    """The worker's own Prometheus endpoint (Call Loop latency, delivery attempts, queue gauges
+    from its heartbeat), when WORKER_METRICS_PORT is set."""
+    if settings.worker_metrics_port is None:
+        return None
+    server, _thread = start_http_server(settings.worker_metrics_port, addr=settings.host)
+    log.info(
+        "worker metrics served", extra={"host": settings.host, "port": settings.worker_metrics_port}
+    )
+    return server
+
+
 async def run_worker(settings: Settings) -> None:
+    metrics_server = serve_metrics(settings)
     services = build_services(settings)
     worker = DeliveryWorker(services.engine, settings, services.callloop, services.loopmessage)
     services.worker = worker
@@ -30,6 +46,8 @@ async def run_worker(settings: Settings) -> None:
         log.info("stopping: finishing jobs in hand")
     finally:
         await close_services(services)
+        if metrics_server is not None:
+            metrics_server.shutdown()
 
 
 def main() -> None:

@@ -49,10 +49,15 @@ async def test_readyz_names_missing_settings(make_api: ApiFactory) -> None:
 async def test_readyz_notices_migrations_behind(make_api: ApiFactory, db_engine: object) -> None:
     api = await make_api(run_worker=False)
     async with db_engine.begin() as conn:  # type: ignore[attr-defined]
+        head = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         await conn.execute(text("UPDATE alembic_version SET version_num = 'old'"))
-    response = await api.client.get("/readyz")
-    assert response.status_code == 503
-    assert "migrations" in " ".join(response.json()["reasons"])
+    try:
+        response = await api.client.get("/readyz")
+        assert response.status_code == 503
+        assert "migrations" in " ".join(response.json()["reasons"])
+    finally:  # the PostgreSQL database is shared by the whole run: put the version back
+        async with db_engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
 
 
 async def test_models_and_migrations_agree(db_engine: object) -> None:

@@ -5,15 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
 
 from app.admin import queries
-from app.admin.schemas import DeliveryPage, OptInDetail, OptInPage, OptOutResult, RetryResult
+from app.admin.export import opt_ins_csv
+from app.admin.schemas import (
+    DeliveryPage,
+    ErasureResponse,
+    OptInDetail,
+    OptInPage,
+    OptOutResult,
+    RetryResult,
+)
 from app.db import utcnow
 from app.delivery import outbox
 from app.deps import AdminDep, ServicesDep
 from app.errors import ServiceError
-from app.subscribers.service import opt_out
+from app.subscribers.service import erase_subscriber, opt_out
+from app.webhooks.parse import normalise_contact
 
 router = APIRouter(
     prefix="/v1",
@@ -37,22 +47,50 @@ def _cursor(value: str | None) -> int | None:
     return int(value) if value else None
 
 
-@router.get("/opt-ins", response_model=OptInPage)
-async def get_opt_ins(
-    services: ServicesDep,
+def opt_in_filters(
     click_id: ShortText = None,
     contact: ShortText = None,
     utm_campaign: ShortText = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="received before (ISO 8601)")] = None,
+) -> queries.OptInFilters:
+    """The filters the opt-in list and the CSV export share."""
+    return queries.OptInFilters(click_id, contact, utm_campaign, since, until)
+
+
+OptInFiltersDep = Annotated[queries.OptInFilters, Depends(opt_in_filters)]
+
+
+@router.get("/opt-ins", response_model=OptInPage)
+async def get_opt_ins(
+    services: ServicesDep,
+    filters: OptInFiltersDep,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> dict[str, object]:
     """Completed opt-ins, newest first, with their consent evidence; cursor paging."""
-    filters = queries.OptInFilters(click_id, contact, utm_campaign, since, until)
     async with services.engine.connect() as conn:
         items, total, next_id = await queries.list_opt_ins(conn, filters, limit, _cursor(cursor))
     return {"items": items, "total": total, "next_cursor": str(next_id) if next_id else None}
+
+
+@router.get(
+    "/opt-ins.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV, header row first"}},
+)
+async def export_opt_ins(services: ServicesDep, filters: OptInFiltersDep) -> StreamingResponse:
+    """Every matching opt-in as CSV (same filters as the list, newest first), streamed in
+    batches, with the consent columns: time, IP, user agent, page, text, evidence, message_id
+    and webhook time."""
+    return StreamingResponse(
+        opt_ins_csv(services.engine, filters),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": 'attachment; filename="opt-ins.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @router.get(
@@ -115,7 +153,7 @@ async def retry_dead(services: ServicesDep) -> RetryResult:
 async def opt_out_subscriber(contact: str, services: ServicesDep) -> OptOutResult:
     """Opt the contact out: Call Loop `/s/` for every group it is in, through the outbox
     (and LoopMessage's audience delete when LOOP_AUDIENCE_DELETE_ON_OPTOUT is true)."""
-    normalised = contact.strip().lower() if "@" in contact else contact.strip()
+    normalised = normalise_contact(contact)
     settings = services.settings
     async with services.engine.begin() as conn:
         result = await opt_out(
@@ -130,3 +168,24 @@ async def opt_out_subscriber(contact: str, services: ServicesDep) -> OptOutResul
         raise ServiceError(404, "not_found", "no subscriber with that contact")
     services.wake_worker()
     return OptOutResult(contact=normalised, status="opted_out", opt_out_jobs=result[1])
+
+
+@router.delete(
+    "/subscribers/{contact}",
+    response_model=ErasureResponse,
+    responses={404: {"description": "Unknown contact (or already erased)"}},
+)
+async def erase(contact: str, services: ServicesDep) -> ErasureResponse:
+    """Right to erasure: opt the contact out (Call Loop `/s/` through the outbox, and
+    LoopMessage's audience delete when LOOP_AUDIENCE_DELETE_ON_OPTOUT is true), then remove
+    its personal data. Anonymous counts and an `erasures` record stay."""
+    async with services.engine.begin() as conn:
+        result = await erase_subscriber(
+            conn, services.settings, contact=normalise_contact(contact), now=utcnow()
+        )
+    if result is None:
+        raise ServiceError(404, "not_found", "no subscriber with that contact")
+    services.wake_worker()
+    return ErasureResponse(
+        status="erased", opt_ins_erased=result.opt_ins_erased, opt_out_jobs=result.opt_out_jobs
+    )

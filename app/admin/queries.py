@@ -102,20 +102,27 @@ def opt_in_record(row: Any) -> dict[str, Any]:
     return data
 
 
+async def opt_in_batch(
+    conn: AsyncConnection, filters: OptInFilters, limit: int, before_id: int | None
+) -> list[dict[str, Any]]:
+    """Up to `limit` opt-ins with ids below `before_id`, newest first (keyset paging)."""
+    query = opt_in_query(filters)
+    if before_id is not None:
+        query = query.where(opt_ins.c.id < before_id)
+    rows = await conn.execute(query.order_by(opt_ins.c.id.desc()).limit(limit))
+    return [opt_in_record(row) for row in rows]
+
+
 async def list_opt_ins(
     conn: AsyncConnection, filters: OptInFilters, limit: int, before_id: int | None
 ) -> tuple[list[dict[str, Any]], int, int | None]:
     """Newest first; returns (items, total matching, cursor for the next page)."""
-    query = opt_in_query(filters)
-    if before_id is not None:
-        query = query.where(opt_ins.c.id < before_id)
-    rows = (await conn.execute(query.order_by(opt_ins.c.id.desc()).limit(limit + 1))).all()
+    items = await opt_in_batch(conn, filters, limit + 1, before_id)
     total = (
         await conn.execute(filters.apply(select(func.count()).select_from(opt_ins)))
     ).scalar_one()
-    items = [opt_in_record(row) for row in rows[:limit]]
-    next_cursor = items[-1]["id"] if len(rows) > limit else None
-    return items, total, next_cursor
+    next_cursor = items[limit - 1]["id"] if len(items) > limit else None
+    return items[:limit], total, next_cursor
 
 
 async def get_opt_in(conn: AsyncConnection, opt_in_id: int) -> dict[str, Any] | None:

@@ -85,3 +85,9 @@ class OptOutResult(BaseModel):
     contact: str
     status: str
     opt_out_jobs: int
+
+
+class ErasureResponse(BaseModel):
+    status: str
+    opt_ins_erased: int
+    opt_out_jobs: int

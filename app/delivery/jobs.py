@@ -19,6 +19,8 @@ jobs = table_of(DeliveryJob)
 memberships = table_of(GroupMembership)
 
 CONTACT_FIELDS = ("first", "last", "email")
+# Jobs that tell a third party to forget or unsubscribe a contact.
+UNSUBSCRIBE_KINDS = ("opt_out", "audience_delete")
 
 
 def callloop_variables(

@@ -16,9 +16,11 @@ from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import table_of, utcnow
-from app.models import DeliveryJob
+from app.delivery.jobs import UNSUBSCRIBE_KINDS
+from app.models import DeliveryJob, Subscriber
 
 jobs = table_of(DeliveryJob)
+subscribers = table_of(Subscriber)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,14 @@ async def mark_done(
     )
     if result.rowcount != 1:
         return False
+    if job.kind in UNSUBSCRIBE_KINDS:
+        # An erased contact's number was kept only until the third party had been told.
+        erased = select(subscribers.c.id).where(subscribers.c.status == "erased")
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.subscriber_id.in_(erased))
+            .values(payload={})
+        )
     if job.kind == "subscribe" and job.follow_up_url:
         # The welcome trigger goes out only after the group add succeeded.
         await conn.execute(
@@ -183,8 +193,14 @@ async def retry_jobs(conn: AsyncConnection, job_ids: list[int] | None = None) ->
 
 
 async def queue_stats(conn: AsyncConnection) -> dict[str, Any]:
-    rows = await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
-    counts = {status: count for status, count in rows}
+    """Jobs by status (`counts`), by (kind, status) (`by_kind`), and the oldest pending age."""
+    rows = await conn.execute(
+        select(jobs.c.kind, jobs.c.status, func.count()).group_by(jobs.c.kind, jobs.c.status)
+    )
+    by_kind: dict[tuple[str, str], int] = {(kind, status): count for kind, status, count in rows}
+    counts: dict[str, int] = {}
+    for (_kind, status), count in by_kind.items():
+        counts[status] = counts.get(status, 0) + count
     oldest = await conn.execute(
         select(func.min(jobs.c.created_at)).where(jobs.c.status.in_(("pending", "in_progress")))
     )
@@ -194,4 +210,8 @@ async def queue_stats(conn: AsyncConnection) -> dict[str, Any]:
 
         oldest_at = oldest_at.replace(tzinfo=UTC)
     age = (utcnow() - oldest_at).total_seconds() if oldest_at else 0.0
-    return {"counts": counts, "oldest_pending_age_seconds": round(max(age, 0.0), 3)}
+    return {
+        "counts": counts,
+        "by_kind": by_kind,
+        "oldest_pending_age_seconds": round(max(age, 0.0), 3),
+    }

@@ -18,7 +18,7 @@ from app.db import insert_ignore, table_of, utcnow
 from app.delivery import outbox
 from app.delivery.backoff import retry_delay
 from app.models import WorkerHeartbeat
-from app.observability import DELIVERIES, QUEUE_DEPTH, QUEUE_OLDEST_AGE
+from app.observability import DELIVERIES, set_queue_gauges
 from app.redaction import mask_url
 from app.settings import Settings
 
@@ -208,9 +208,7 @@ class DeliveryWorker:
                             .values(last_seen_at=now)
                         )
                     stats = await outbox.queue_stats(conn)
-                for status in ("pending", "in_progress", "dead"):
-                    QUEUE_DEPTH.labels(status).set(stats["counts"].get(status, 0))
-                QUEUE_OLDEST_AGE.set(stats["oldest_pending_age_seconds"])
+                set_queue_gauges(stats)
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
             with contextlib.suppress(TimeoutError):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import insert_ignore, table_of
-from app.delivery.jobs import enqueue_audience_delete, enqueue_opt_outs
+from app.delivery.jobs import UNSUBSCRIBE_KINDS, enqueue_audience_delete, enqueue_opt_outs
 from app.models import DeliveryJob, Erasure, LinkRequest, OptIn, Subscriber
 from app.settings import Settings
 
@@ -129,7 +129,14 @@ async def erase_subscriber(
     if found is None:
         return None
     subscriber_id, _status = found
-    opted = await opt_out(conn, settings, contact=contact, source="erase", now=now)
+    opted = await opt_out(
+        conn,
+        settings,
+        contact=contact,
+        source="erase",
+        now=now,
+        audience_delete=settings.loop_audience_delete_on_optout,
+    )
     queued = opted[1] if opted else 0
     erased_opt_ins = await conn.execute(
         update(opt_ins)
@@ -145,9 +152,14 @@ async def erase_subscriber(
             .where(link_requests.c.id.in_(link_ids))
             .values(client_ip=None, user_agent=None, page_url=None, params={})
         )
+    # Jobs that still have to tell a third party keep the contact until they are done
+    # (outbox.mark_done clears it then); every other job's copy goes now.
+    still_needed = and_(
+        jobs.c.kind.in_(UNSUBSCRIBE_KINDS), jobs.c.status.in_(("pending", "in_progress", "dead"))
+    )
     await conn.execute(
         update(jobs)
-        .where(jobs.c.subscriber_id == subscriber_id, jobs.c.kind != "opt_out")
+        .where(jobs.c.subscriber_id == subscriber_id, not_(still_needed))
         .values(payload={})
     )
     await conn.execute(
