@@ -127,6 +127,34 @@ async def test_session_cookie_is_secure_over_https(api: Api) -> None:
     assert "secure" in session_cookie.lower()
 
 
+def _session_cookie(response: httpx.Response) -> str:
+    return next(
+        value
+        for value in response.headers.get_list("set-cookie")
+        if value.startswith("optin_console=")
+    )
+
+
+async def test_session_cookie_is_secure_behind_a_trusted_tls_proxy(make_api: ApiFactory) -> None:
+    untrusted = await make_api()
+    untrusted.client.headers["X-Forwarded-Proto"] = "https"
+    assert "secure" not in _session_cookie(await sign_in(untrusted.client)).lower()
+
+    proxied = await make_api(trusted_proxies="203.0.113.0/24")
+    headers = {"X-Forwarded-Proto": "https"}
+    form = await proxied.client.get("/admin/login", headers=headers)
+    assert "secure" in form.headers["set-cookie"].lower()
+    # The client keeps Secure cookies for HTTPS, so the form cookie is sent back by hand.
+    headers["Cookie"] = form.headers["set-cookie"].split(";")[0]
+    response = await proxied.client.post(
+        "/admin/login",
+        data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(form.text)},
+        headers=headers,
+    )
+    assert response.status_code == 303
+    assert "secure" in _session_cookie(response).lower()
+
+
 async def test_login_form_needs_its_csrf_token(api: Api) -> None:
     await api.client.get("/admin/login")
     response = await api.client.post("/admin/login", data={"token": ADMIN_TOKEN})

@@ -26,6 +26,7 @@ from app.admin.session import (
     start_session,
     token_matches,
 )
+from app.clientip import came_over_https
 from app.db import utcnow
 from app.delivery import outbox
 from app.deps import Services, ServicesDep
@@ -86,6 +87,10 @@ def admin_token(services: Services) -> str | None:
     return token.get_secret_value() if token is not None else None
 
 
+def https(request: Request, services: Services) -> bool:
+    return came_over_https(request, services.settings.trusted_proxies)
+
+
 def page(
     request: Request,
     name: str,
@@ -138,7 +143,7 @@ def login_page(request: Request, services: Services, error: str | None, status: 
     response = page(
         request, "login.html", {"error": error, "form_token": form_token}, status_code=status
     )
-    remember_login_form(request, response, form_token)
+    remember_login_form(response, form_token, secure=https(request, services))
     return response
 
 
@@ -168,14 +173,16 @@ async def post_login(
     if not token_matches(token, expected):
         return login_page(request, services, "That token is not right. Please try again.", 401)
     response = redirect("/admin")
-    start_session(request, response, expected)
+    start_session(response, expected, secure=https(request, services))
     return response
 
 
 @router.post("/logout")
-async def post_logout(request: Request, _session: CheckedSessionDep) -> Response:
+async def post_logout(
+    request: Request, services: ServicesDep, _session: CheckedSessionDep
+) -> Response:
     response = redirect("/admin/login")
-    end_session(request, response)
+    end_session(response, secure=https(request, services))
     return response
 
 

@@ -50,11 +50,7 @@ def read_session(request: Request, admin_token: str) -> ConsoleSession | None:
     return ConsoleSession(csrf_token=data["csrf"])
 
 
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-def start_session(request: Request, response: Response, admin_token: str) -> None:
+def start_session(response: Response, admin_token: str, *, secure: bool) -> None:
     value = _serializer(admin_token).dumps({"csrf": secrets.token_urlsafe(32)})
     response.set_cookie(
         SESSION_COOKIE,
@@ -63,14 +59,14 @@ def start_session(request: Request, response: Response, admin_token: str) -> Non
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
-        secure=_secure(request),
+        secure=secure,
     )
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
 
 
-def end_session(request: Request, response: Response) -> None:
+def end_session(response: Response, *, secure: bool) -> None:
     response.delete_cookie(
-        SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=_secure(request)
+        SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=secure
     )
 
 
@@ -88,7 +84,7 @@ def login_form_token(request: Request) -> str:
     return secrets.token_urlsafe(32)
 
 
-def remember_login_form(request: Request, response: Response, token: str) -> None:
+def remember_login_form(response: Response, token: str, *, secure: bool) -> None:
     response.set_cookie(
         LOGIN_COOKIE,
         token,
@@ -96,5 +92,5 @@ def remember_login_form(request: Request, response: Response, token: str) -> Non
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
-        secure=_secure(request),
+        secure=secure,
     )
