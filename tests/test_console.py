@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from html import unescape
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -48,16 +48,29 @@ async def signed_in(api: Api) -> str:
     return csrf_of(page.text)
 
 
-async def link(api: Api, **fields: Any) -> dict[str, Any]:
+class HasClient(Protocol):
+    """The HTTP-level `Api` here, or the browser tests' live server."""
+
+    @property
+    def client(self) -> httpx.AsyncClient: ...
+
+
+async def link(api: HasClient, **fields: Any) -> dict[str, Any]:
+    """A link request through POST /v1/opt-in-links (the fake LoopMessage answers)."""
     response = await api.client.post("/v1/opt-in-links", json=fields)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
-async def opt_in(api: Api, contact: str, ref: str | None = None, **parameters: str) -> None:
+async def opt_in(api: HasClient, contact: str, ref: str | None = None, **parameters: str) -> None:
+    """A completed opt-in webhook, tied to a link request when `ref` is given."""
     if ref:
         parameters["optin_ref"] = ref
-    response = await api.webhook(opt_in_payload(contact=contact, **parameters))
+    response = await api.client.post(
+        "/v1/webhooks/loopmessage",
+        json=opt_in_payload(contact=contact, **parameters),
+        headers={"Authorization": WEBHOOK_SECRET},
+    )
     assert response.status_code == 200, response.text
 
 

@@ -500,52 +500,60 @@ async def deliveries(
     return page(request, "deliveries.html", context, session=session)
 
 
-@router.get("/deliveries/retry-dead")
-async def confirm_retry_dead(request: Request, session: SessionDep) -> Response:
+def retry_confirmation(request: Request, session: ConsoleSession, job_id: int | None) -> Response:
+    """The confirmation page of a retry: one dead job, or every dead job when `job_id` is None."""
+    if job_id is None:
+        what, question, path = "every dead delivery", "Retry every dead delivery job?", "retry-dead"
+        detail = "Each dead job gets a fresh set of attempts and the worker sends it again."
+        button = "Yes, retry all dead jobs"
+    else:
+        what, question, path = (
+            f"delivery {job_id}",
+            f"Retry delivery job {job_id}?",
+            f"{job_id}/retry",
+        )
+        detail = "The job gets a fresh set of attempts and the worker sends it again."
+        button = f"Yes, retry job {job_id}"
     context = {
-        "title": "Retry every dead delivery",
-        "question": "Retry every dead delivery job?",
-        "detail": "Each dead job gets a fresh set of attempts and the worker sends it again.",
-        "button": "Yes, retry all dead jobs",
-        "action": "/admin/deliveries/retry-dead",
+        "title": f"Retry {what}",
+        "question": question,
+        "detail": detail,
+        "button": button,
+        "action": f"/admin/deliveries/{path}",
         "cancel": "/admin/deliveries",
         "danger": False,
     }
     return page(request, "confirm.html", context, session=session)
+
+
+async def retry(services: Services, job_ids: list[int] | None) -> Response:
+    """outbox.retry_jobs, as the admin API does; back to the deliveries page with the count."""
+    async with services.engine.begin() as conn:
+        retried = await outbox.retry_jobs(conn, job_ids)
+    if retried:
+        services.wake_worker()
+    notice = "retried" if retried else "nothing"
+    return redirect("/admin/deliveries?" + urlencode({"notice": notice, "n": retried}))
+
+
+@router.get("/deliveries/retry-dead")
+async def confirm_retry_dead(request: Request, session: SessionDep) -> Response:
+    return retry_confirmation(request, session, None)
 
 
 @router.post("/deliveries/retry-dead")
 async def retry_dead(services: ServicesDep, _session: CheckedSessionDep) -> Response:
-    async with services.engine.begin() as conn:
-        retried = await outbox.retry_jobs(conn)
-    if retried:
-        services.wake_worker()
-    notice = "retried" if retried else "nothing"
-    return redirect("/admin/deliveries?" + urlencode({"notice": notice, "n": retried}))
+    return await retry(services, None)
 
 
 @router.get("/deliveries/{job_id}/retry")
 async def confirm_retry(request: Request, job_id: int, session: SessionDep) -> Response:
-    context = {
-        "title": f"Retry delivery {job_id}",
-        "question": f"Retry delivery job {job_id}?",
-        "detail": "The job gets a fresh set of attempts and the worker sends it again.",
-        "button": f"Yes, retry job {job_id}",
-        "action": f"/admin/deliveries/{job_id}/retry",
-        "cancel": "/admin/deliveries",
-        "danger": False,
-    }
-    return page(request, "confirm.html", context, session=session)
+    return retry_confirmation(request, session, job_id)
 
 
 @router.post("/deliveries/{job_id}/retry")
 async def retry_one(job_id: int, services: ServicesDep, _session: CheckedSessionDep) -> Response:
-    async with services.engine.begin() as conn:
-        retried = await outbox.retry_jobs(conn, [job_id])
-    if retried:
-        services.wake_worker()
-    notice = "retried" if retried else "nothing"
-    return redirect("/admin/deliveries?" + urlencode({"notice": notice, "n": retried}))
+    return await retry(services, [job_id])
 
 
 # --- health ----------------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class Live:
     http: httpx.AsyncClient
 
     @property
+    def client(self) -> httpx.AsyncClient:
+        return self.http
+
+    @property
     def base_url(self) -> str:
         return self.server.base_url
 

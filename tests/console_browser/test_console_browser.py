@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, Fakes, opt_in_payload, wait_until
+from tests.conftest import ADMIN_TOKEN, Fakes, wait_until
 from tests.console_browser.conftest import CHROMIUM, NO_CHROMIUM, PHONE, Live, LiveFactory, Tab
 from tests.console_browser.conftest import TabFactory as NewTab
 from tests.fakes.servers import Scripted
+from tests.test_console import link, opt_in
 
 pytestmark = [
     pytest.mark.browser,
@@ -19,24 +20,6 @@ pytestmark = [
 ]
 
 XSS = "<img src=x onerror=alert(document.domain)>"
-WEBHOOK_SECRET_HEADER = {"Authorization": "whsec-test-7f3a"}
-
-
-async def link(live: Live, **fields: Any) -> dict[str, Any]:
-    response = await live.http.post("/v1/opt-in-links", json=fields)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def opt_in(live: Live, contact: str, ref: str | None = None, **parameters: str) -> None:
-    if ref:
-        parameters["optin_ref"] = ref
-    response = await live.http.post(
-        "/v1/webhooks/loopmessage",
-        json=opt_in_payload(contact=contact, **parameters),
-        headers=WEBHOOK_SECRET_HEADER,
-    )
-    assert response.status_code == 200, response.text
 
 
 async def deliveries(live: Live, status: str) -> list[dict[str, Any]]:
