@@ -267,6 +267,10 @@ async def test_no_secret_ever_appears_in_a_page(make_api: ApiFactory, fakes: Fak
     await signed_in(api)
     pages = await _every_page(api)
     assert "/r/…" in pages["/admin/deliveries"].text  # the masked target is shown
+    # The upstream error echoed the group key: it is hidden in the API's answer too.
+    [dead] = await api.deliveries("dead")
+    assert GROUP_KEY not in dead["last_error"]
+    assert "no such group [redacted]" in dead["last_error"]
     for path, response in pages.items():
         for secret in (ADMIN_TOKEN, LOOP_API_KEY, WEBHOOK_SECRET, GROUP_KEY, "trigSecret42"):
             assert secret not in response.text, (path, secret)

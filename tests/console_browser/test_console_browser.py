@@ -137,7 +137,13 @@ async def test_overview_numbers_equal_what_was_created(live: LiveFactory, new_ta
     api_spring = next(item for item in stats["items"] if item["utm_campaign"] == "spring")
     assert (api_spring["link_requests"], api_spring["opt_ins"]) == (3, 2)
 
-    # The 30-day window through the form, by keyboard.
+    # Keyboard: the first Tab reaches the skip link, which moves the focus to the content.
+    await tab.page.keyboard.press("Tab")
+    assert await tab.page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await tab.page.keyboard.press("Enter")
+    assert await tab.page.evaluate("document.activeElement.id") == "main"
+
+    # The 30-day window through the form.
     await tab.page.get_by_label("Window", exact=True).select_option("30d")
     await tab.page.get_by_role("button", name="Show").click()
     await tab.page.wait_for_url("**window=30d**")
