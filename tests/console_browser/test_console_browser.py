@@ -275,7 +275,7 @@ async def test_every_page_is_clean_accessible_and_fits_a_phone(
     assert_clean(tab)
 
     # A desktop-width view of the overview, for the README (copied to docs/ by hand).
-    desk = await new_tab(viewport={"width": 1000, "height": 760})
+    desk = await new_tab(viewport={"width": 1200, "height": 800})
     await sign_in(desk, server)
     await desk.page.screenshot(path=str(artifacts / "console-overview-desktop.png"), full_page=True)
     assert_clean(desk)
