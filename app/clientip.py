@@ -38,3 +38,15 @@ def client_ip(request: Request, trusted_proxies: list[str]) -> str | None:
             except ValueError:
                 return peer
     return hops[0] if hops else peer
+
+
+def came_over_https(request: Request, trusted_proxies: list[str]) -> bool:
+    """HTTPS to us, or to a trusted proxy that says so in X-Forwarded-Proto."""
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client else None
+    networks = _networks(tuple(trusted_proxies))
+    if peer is None or not networks or not _trusted(peer, networks):
+        return False
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+    return proto == "https"

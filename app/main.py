@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.admin.api import router as admin_router
+from app.admin.console import install_console
 from app.assets import static_files
 from app.clients.callloop import CallLoopClient
 from app.clients.loopmessage import LoopMessageClient
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(admin_router)
     app.mount("/static", static_files(), name="static")
+    install_console(app)
     return app
 
 

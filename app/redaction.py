@@ -68,3 +68,26 @@ def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     text = _CALLLOOP_URL_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}…", text)
     text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
     return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\s-]", "", m.group(0))), text)
+
+
+def hide_url_secrets(text: str, url: str) -> str:
+    """Replace the URL, and its secret parts (query, the path after /r/ etc.), in `text`.
+
+    A Call Loop group key lives in the query (`/r/?<key>`); an upstream error body that echoes
+    it alone must not carry it into a log, a page or a response.
+    """
+    if not text or not url:
+        return text
+    text = text.replace(url, mask_url(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    secret_parts = [parts.query]
+    for marker in ("/r/", "/s/", "/t/", "/webhook/"):
+        if marker in parts.path:
+            secret_parts.append(parts.path.split(marker, 1)[1])
+    for part in sorted(secret_parts, key=len, reverse=True):
+        if len(part) >= 4:
+            text = text.replace(part, "[redacted]")
+    return text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -17,6 +17,7 @@ from app.admin.schemas import (
     OptInPage,
     OptOutResult,
     RetryResult,
+    Stats,
 )
 from app.db import utcnow
 from app.delivery import outbox
@@ -105,6 +106,41 @@ async def get_one_opt_in(opt_in_id: int, services: ServicesDep) -> dict[str, obj
     if record is None:
         raise ServiceError(404, "not_found", f"no opt-in {opt_in_id}")
     return record
+
+
+MAX_STATS_DAYS = 366
+
+
+def stats_window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+    """[since, until): the last 7 days by default, at most MAX_STATS_DAYS long."""
+    until = until or utcnow()
+    since = since or until - timedelta(days=7)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ServiceError(422, "validation_error", "since and until need a timezone (e.g. Z)")
+    if since >= until:
+        raise ServiceError(422, "validation_error", "since must be before until")
+    if until - since > timedelta(days=MAX_STATS_DAYS):
+        raise ServiceError(422, "validation_error", f"the window is at most {MAX_STATS_DAYS} days")
+    return since, until
+
+
+@router.get("/stats", response_model=Stats, responses={422: {"description": "Bad window"}})
+async def get_stats(
+    services: ServicesDep, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, object]:
+    """Per campaign (utm_campaign, utm_source, utm_medium) over [since, until) (default: the
+    last 7 days): link requests, completed opt-ins, conversion rate, and what became of the
+    opt-ins in Call Loop; with totals and completed opt-ins per UTC day."""
+    since, until = stats_window(since, until)
+    async with services.engine.connect() as conn:
+        result = await queries.funnel(conn, since, until)
+    return {
+        "since": since,
+        "until": until,
+        "items": [row.as_dict() for row in result.rows],
+        "totals": result.totals.as_dict(),
+        "opt_ins_per_day": [{"day": day, "opt_ins": n} for day, n in result.opt_ins_per_day],
+    }
 
 
 @router.get("/deliveries", response_model=DeliveryPage)

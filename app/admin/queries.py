@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Date, Select, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import table_of
-from app.models import DeliveryJob, LinkRequest, OptIn
-from app.redaction import mask_url
+from app.models import DeliveryJob, LinkRequest, OptIn, Subscriber
+from app.redaction import hide_url_secrets, mask_url
 
 opt_ins = table_of(OptIn)
 link_requests = table_of(LinkRequest)
@@ -158,6 +158,8 @@ def delivery_record(row: Any) -> dict[str, Any]:
     data = dict(row._mapping)
     url = data.pop("target_url")
     data["target"] = mask_url(url) if url else None
+    if url and data["last_error"]:
+        data["last_error"] = hide_url_secrets(data["last_error"], url)
     return data
 
 
@@ -187,3 +189,157 @@ async def list_deliveries(
     rows = (await conn.execute(query.order_by(jobs.c.id.desc()).limit(limit + 1))).all()
     items = [delivery_record(row) for row in rows[:limit]]
     return items, (items[-1]["id"] if len(rows) > limit else None)
+
+
+# --- the funnel: link requests -> completed opt-ins -> Call Loop, per campaign ----------------
+
+subscribers = table_of(Subscriber)
+
+FUNNEL_KEYS = ("utm_campaign", "utm_source", "utm_medium")
+OPTED_OUT_STATUSES = ("opted_out", "erased")
+
+
+@dataclass
+class FunnelRow:
+    """One campaign (or campaign/source/medium) over a window.
+
+    `conversion_rate` is completed opt-ins / link requests (None without link requests; it can
+    exceed 1 when opt-ins arrive without a link request of ours, e.g. a shared QR code).
+    `delivered`/`pending`/`dead` count the opt-ins by the state of their Call Loop group add;
+    `opted_out` counts the opt-ins whose subscriber has since opted out (or was erased).
+    """
+
+    key: dict[str, str | None]
+    link_requests: int = 0
+    opt_ins: int = 0
+    delivered: int = 0
+    pending: int = 0
+    dead: int = 0
+    opted_out: int = 0
+
+    @property
+    def conversion_rate(self) -> float | None:
+        if not self.link_requests:
+            return None
+        return round(self.opt_ins / self.link_requests, 4)
+
+    def add(self, other: FunnelRow) -> None:
+        for name in ("link_requests", "opt_ins", "delivered", "pending", "dead", "opted_out"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.key,
+            "link_requests": self.link_requests,
+            "opt_ins": self.opt_ins,
+            "conversion_rate": self.conversion_rate,
+            "delivered": self.delivered,
+            "pending": self.pending,
+            "dead": self.dead,
+            "opted_out": self.opted_out,
+        }
+
+
+@dataclass
+class Funnel:
+    since: datetime
+    until: datetime
+    by: tuple[str, ...]
+    rows: list[FunnelRow]
+    totals: FunnelRow
+    opt_ins_per_day: list[tuple[date, int]]
+
+
+def _count_where(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _utc_day(conn: AsyncConnection, column: Any) -> Any:
+    if conn.dialect.name == "postgresql":
+        return cast(func.timezone("UTC", column), Date)
+    return func.date(column)
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
+
+
+async def funnel(
+    conn: AsyncConnection,
+    since: datetime,
+    until: datetime,
+    by: tuple[str, ...] = FUNNEL_KEYS,
+) -> Funnel:
+    """Per campaign key (`by`, a subset of utm_campaign/utm_source/utm_medium) over
+    [since, until): link requests, completed opt-ins and what became of them; with totals and
+    completed opt-ins per UTC day. Used by `GET /v1/stats` and the console overview."""
+    if not by or any(name not in FUNNEL_KEYS for name in by):
+        raise ValueError(f"funnel keys must be among {FUNNEL_KEYS}")
+    rows: dict[tuple[str | None, ...], FunnelRow] = {}
+
+    def row_for(values: tuple[str | None, ...]) -> FunnelRow:
+        if values not in rows:
+            rows[values] = FunnelRow(key=dict(zip(by, values, strict=True)))
+        return rows[values]
+
+    link_keys = [link_requests.c[name] for name in by]
+    requested = await conn.execute(
+        select(*link_keys, func.count())
+        .where(link_requests.c.created_at >= since, link_requests.c.created_at < until)
+        .group_by(*link_keys)
+    )
+    for *values, count in requested:
+        row_for(tuple(values)).link_requests = int(count)
+
+    opt_in_keys = [opt_ins.c[name] for name in by]
+    status = jobs.c.status
+    completed = await conn.execute(
+        select(
+            *opt_in_keys,
+            func.count(func.distinct(opt_ins.c.id)),
+            _count_where(status == "done"),
+            _count_where(status.in_(("pending", "in_progress"))),
+            _count_where(status == "dead"),
+            _count_where(subscribers.c.status.in_(OPTED_OUT_STATUSES)),
+        )
+        .select_from(
+            opt_ins.outerjoin(
+                jobs, (jobs.c.opt_in_id == opt_ins.c.id) & (jobs.c.kind == "subscribe")
+            ).outerjoin(subscribers, subscribers.c.id == opt_ins.c.subscriber_id)
+        )
+        .where(opt_ins.c.received_at >= since, opt_ins.c.received_at < until)
+        .group_by(*opt_in_keys)
+    )
+    for *values, count, delivered, pending, dead, opted_out in completed:
+        row = row_for(tuple(values[: len(by)]))
+        row.opt_ins = int(count)
+        row.delivered, row.pending, row.dead = int(delivered), int(pending), int(dead)
+        row.opted_out = int(opted_out)
+
+    day = _utc_day(conn, opt_ins.c.received_at)
+    per_day = await conn.execute(
+        select(day, func.count())
+        .where(opt_ins.c.received_at >= since, opt_ins.c.received_at < until)
+        .group_by(day)
+        .order_by(day)
+    )
+    counted = {_as_date(value): int(count) for value, count in per_day}
+    days = []
+    current = since.astimezone(UTC).date()
+    last = (until - timedelta(microseconds=1)).astimezone(UTC).date()
+    while current <= last:
+        days.append((current, counted.get(current, 0)))
+        current += timedelta(days=1)
+
+    ordered = sorted(
+        rows.values(),
+        key=lambda row: (-row.opt_ins, -row.link_requests, [v or "" for v in row.key.values()]),
+    )
+    totals = FunnelRow(key=dict.fromkeys(by))
+    for row in ordered:
+        totals.add(row)
+    return Funnel(since, until, by, ordered, totals, days)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -91,3 +91,39 @@ class ErasureResponse(BaseModel):
     status: str
     opt_ins_erased: int
     opt_out_jobs: int
+
+
+class CampaignStats(BaseModel):
+    utm_campaign: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    link_requests: int
+    opt_ins: int
+    conversion_rate: float | None  # opt_ins / link_requests; null without link requests
+    delivered: int
+    pending: int
+    dead: int
+    opted_out: int
+
+
+class StatsTotals(BaseModel):
+    link_requests: int
+    opt_ins: int
+    conversion_rate: float | None
+    delivered: int
+    pending: int
+    dead: int
+    opted_out: int
+
+
+class DayCount(BaseModel):
+    day: date
+    opt_ins: int
+
+
+class Stats(BaseModel):
+    since: datetime
+    until: datetime
+    items: list[CampaignStats]
+    totals: StatsTotals
+    opt_ins_per_day: list[DayCount]

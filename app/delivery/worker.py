@@ -19,7 +19,7 @@ from app.delivery import outbox
 from app.delivery.backoff import retry_delay
 from app.models import WorkerHeartbeat
 from app.observability import DELIVERIES, set_queue_gauges
-from app.redaction import mask_url
+from app.redaction import hide_url_secrets
 from app.settings import Settings
 
 log = logging.getLogger("optin.delivery")
@@ -168,7 +168,7 @@ class DeliveryWorker:
             )
         reason = failure.reason
         if job.target_url:
-            reason = reason.replace(job.target_url, mask_url(job.target_url))
+            reason = hide_url_secrets(reason, job.target_url)
         async with self.engine.begin() as conn:
             status = await outbox.mark_failed(
                 conn,
