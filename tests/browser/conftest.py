@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +32,7 @@ from starlette.routing import Route
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import Fakes, base_settings
+from tests.conftest import ADMIN_TOKEN, Fakes, base_settings
 from tests.fakes.servers import ThreadedServer
 
 # Playwright must never fetch a browser of its own: the one under test is Debian's.
@@ -98,6 +99,12 @@ class Tab:
     page: Any  # playwright.async_api.Page
     errors: list[str] = field(default_factory=list)  # uncaught exceptions in the page
     console: list[str] = field(default_factory=list)  # "type: text" of every console line
+    console_errors: list[str] = field(default_factory=list)  # console errors and warnings
+    dialogs: list[str] = field(default_factory=list)  # alert/confirm texts (dismissed)
+
+    @property
+    def page_errors(self) -> list[str]:
+        return self.errors
 
 
 TabFactory = Callable[..., Awaitable[Tab]]
@@ -118,9 +125,19 @@ async def new_tab(browser: Any) -> AsyncIterator[TabFactory]:
         context.set_default_timeout(15_000)
         tab = Tab(await context.new_page())
         tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
-        tab.page.on(
-            "console", lambda message: tab.console.append(f"{message.type}: {message.text}")
-        )
+
+        def on_console(message: Any) -> None:
+            line = f"{message.type}: {message.text}"
+            tab.console.append(line)
+            if message.type in ("error", "warning"):
+                tab.console_errors.append(line)
+
+        async def on_dialog(dialog: Any) -> None:
+            tab.dialogs.append(dialog.message)
+            await dialog.dismiss()
+
+        tab.page.on("console", on_console)
+        tab.page.on("dialog", on_dialog)
         tabs.append(tab)
         return tab
 
@@ -136,6 +153,14 @@ class LiveApi:
     base_url: str
     settings: Settings
     server: ThreadedServer
+    client: httpx.AsyncClient  # plain HTTP to the same server, for set-up and checks
+
+    async def admin_get(self, path: str, **params: Any) -> Any:
+        response = await self.client.get(
+            path, params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
 
 
 LiveApiFactory = Callable[..., Awaitable[LiveApi]]
@@ -143,18 +168,20 @@ LiveApiFactory = Callable[..., Awaitable[LiveApi]]
 
 @pytest.fixture
 async def live_api(db_url: str, fakes: Fakes) -> AsyncIterator[LiveApiFactory]:
-    servers: list[ThreadedServer] = []
+    started: list[LiveApi] = []
 
     async def factory(**overrides: Any) -> LiveApi:
         settings = base_settings(db_url, fakes, **overrides)
         server = ThreadedServer(create_app(settings), lifespan="on")
-        servers.append(server)
         await asyncio.to_thread(server.start)
-        return LiveApi(server.base_url, settings, server)
+        client = httpx.AsyncClient(base_url=server.base_url, timeout=10)
+        started.append(LiveApi(server.base_url, settings, server, client))
+        return started[-1]
 
     yield factory
-    for server in servers:
-        await asyncio.to_thread(server.stop)
+    for live in started:
+        await live.client.aclose()
+        await asyncio.to_thread(live.server.stop)
 
 
 class StaticSite(ThreadedServer):

@@ -6,18 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.browser.conftest import LiveApi as Live
+from tests.browser.conftest import LiveApiFactory as LiveFactory
+from tests.browser.conftest import Tab
+from tests.browser.conftest import TabFactory as NewTab
 from tests.conftest import ADMIN_TOKEN, Fakes, wait_until
-from tests.console_browser.conftest import CHROMIUM, NO_CHROMIUM, PHONE, Live, LiveFactory, Tab
-from tests.console_browser.conftest import TabFactory as NewTab
 from tests.fakes.servers import Scripted
 from tests.test_console import link, opt_in
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM),
-]
+PHONE = {"width": 375, "height": 812}
 
 XSS = "<img src=x onerror=alert(document.domain)>"
 
@@ -77,8 +74,8 @@ def assert_clean(tab: Tab) -> None:
     assert tab.dialogs == [], tab.dialogs
 
 
-async def test_sign_in_wrong_then_right_token(live: LiveFactory, new_tab: NewTab) -> None:
-    server = await live()
+async def test_sign_in_wrong_then_right_token(live_api: LiveFactory, new_tab: NewTab) -> None:
+    server = await live_api()
     await seed(server)
     tab = await new_tab()
     await sign_in(tab, server, "wrong-token")
@@ -110,8 +107,10 @@ async def cells(tab: Tab, campaign: str) -> dict[str, str]:
     return values
 
 
-async def test_overview_numbers_equal_what_was_created(live: LiveFactory, new_tab: NewTab) -> None:
-    server = await live()
+async def test_overview_numbers_equal_what_was_created(
+    live_api: LiveFactory, new_tab: NewTab
+) -> None:
+    server = await live_api()
     await seed(server)
     tab = await new_tab()
     await sign_in(tab, server)
@@ -152,9 +151,9 @@ async def test_overview_numbers_equal_what_was_created(live: LiveFactory, new_ta
 
 
 async def test_find_an_opt_in_by_click_id_and_see_its_consent(
-    live: LiveFactory, new_tab: NewTab
+    live_api: LiveFactory, new_tab: NewTab
 ) -> None:
-    server = await live()
+    server = await live_api()
     await seed(server)
     tab = await new_tab()
     await sign_in(tab, server)
@@ -179,9 +178,9 @@ async def test_find_an_opt_in_by_click_id_and_see_its_consent(
 
 
 async def test_dead_delivery_is_retried_from_the_page_and_delivered(
-    live: LiveFactory, new_tab: NewTab, fakes: Fakes
+    live_api: LiveFactory, new_tab: NewTab, fakes: Fakes
 ) -> None:
-    server = await live()
+    server = await live_api()
     fakes.callloop.state.then(Scripted(404, text="no such group"))
     await opt_in(server, "+15555550210", utm_campaign="spring")
     [dead] = await wait_until(lambda: deliveries(server, "dead"))
@@ -204,9 +203,9 @@ async def test_dead_delivery_is_retried_from_the_page_and_delivered(
 
 
 async def test_hostile_utm_shows_as_text_and_runs_nothing(
-    live: LiveFactory, new_tab: NewTab
+    live_api: LiveFactory, new_tab: NewTab
 ) -> None:
-    server = await live()
+    server = await live_api()
     created = await link(server, utm_campaign=XSS, click_id="clk-xss")
     await opt_in(server, "+15555550220", created["ref"], utm_campaign=XSS, click_id="clk-xss")
     tab = await new_tab()
@@ -236,9 +235,9 @@ async def axe_serious(page: Any) -> list[str]:
 
 
 async def test_every_page_is_clean_accessible_and_fits_a_phone(
-    live: LiveFactory, new_tab: NewTab, fakes: Fakes, artifacts: Path
+    live_api: LiveFactory, new_tab: NewTab, fakes: Fakes, artifacts: Path
 ) -> None:
-    server = await live()
+    server = await live_api()
     await seed(server)
     fakes.callloop.state.then(Scripted(404, text="no such group"))
     await opt_in(server, "+15555550230", utm_campaign="a-rather-long-campaign-name-for-phones")
