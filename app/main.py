@@ -71,7 +71,7 @@ def build_services(settings: Settings) -> Services:
 
 async def close_services(services: Services) -> None:
     if services.worker is not None:
-        await services.worker.stop()
+        await services.worker.stop(services.settings.delivery_shutdown_grace_seconds)
     await services.http.aclose()
     callloop_http = services.extras.get("callloop_http")
     if isinstance(callloop_http, httpx.AsyncClient):

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_lease_seconds: float = Field(default=30.0, gt=0, le=60)
     delivery_concurrency: int = Field(default=8, ge=1, le=100)
+    # On shutdown, jobs still running after this long are cancelled and given back (pending).
+    delivery_shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=120)
 
     @field_validator("cors_allow_origins", "trusted_proxies", "optout_keywords", mode="before")
     @classmethod
