@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -135,8 +136,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     cluster.start()
     try:
         subprocess.run(
-            [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(cluster.port)]
-            + ["-U", "postgres", "optin"],
+            [
+                *(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(cluster.port)),
+                *("-U", "postgres", "optin"),
+            ],
             check=True,
             capture_output=True,
             timeout=60,
@@ -144,10 +147,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         upgrade_head(cluster.url)
         yield cluster
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             cluster.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         shutil.rmtree(root, ignore_errors=True)
 
 

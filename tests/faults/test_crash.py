@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from tests.conftest import WEBHOOK_SECRET, Fakes, opt_in_payload, wait_until
+from tests.fakes.servers import Scripted
 from tests.faults.conftest import (
     Processes,
     all_jobs_finished,
@@ -25,7 +26,6 @@ from tests.faults.conftest import (
     service_env,
     stored_webhook_ids,
 )
-from tests.fakes.servers import Scripted
 
 WEBHOOKS = 60
 KILLS = 3
