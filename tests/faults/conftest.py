@@ -30,6 +30,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
+import tests.conftest as root_conftest
 from app.db import create_engine
 from app.migrate import upgrade_head
 from tests.conftest import (
@@ -63,6 +64,7 @@ async def pg_url() -> AsyncIterator[str]:
     """A new database on the shared PostgreSQL server, migrated to head; dropped afterwards."""
     if not POSTGRES_URL:
         pytest.skip("fault suite needs TEST_POSTGRES_URL")
+    root_conftest._postgres_ran += 1  # counted in the run's PostgreSQL summary
     base = asyncpg_url(POSTGRES_URL)
     name = f"optin_fault_{uuid.uuid4().hex[:10]}"
     server_url, _, _ = base.rpartition("/")
