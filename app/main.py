@@ -24,7 +24,9 @@ from app.health import router as health_router
 from app.links.routes import router as links_router
 from app.observability import HttpMiddleware, configure_logging
 from app.ratelimit import LinkRateLimiter
+from app.requestlimits import MAX_BODY_BYTES, RequestLimitMiddleware
 from app.settings import Settings, secret_values
+from app.webhooks.routes import MAX_WEBHOOK_BYTES
 from app.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger("optin")
@@ -107,6 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Innermost: its 413/415 answers still get CORS and the security headers.
+    app.add_middleware(
+        RequestLimitMiddleware,
+        default_limit=MAX_BODY_BYTES,
+        path_limits={"/v1/webhooks/loopmessage": MAX_WEBHOOK_BYTES},
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_allow_origins,

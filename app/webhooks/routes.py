@@ -50,6 +50,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
         400: {"description": "Malformed JSON"},
         401: {"description": "Missing or wrong Authorization"},
         413: {"description": "Body over 256 KB"},
+        415: {"description": "Body not sent as application/json"},
         422: {"description": "JSON that is not a LoopMessage webhook"},
         503: {"description": "LOOP_WEBHOOK_SECRET unset, or the database is unavailable"},
     },
