@@ -30,6 +30,11 @@ def verify_authorization(header: str | None, secrets: list[str]) -> bool:
     return matched and bool(presented)
 
 
+def _no_constants(name: str) -> None:
+    """NaN and Infinity are not JSON (and PostgreSQL's json type refuses them)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -65,8 +70,8 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[s
         raise ServiceError(401, "unauthorized", "wrong or missing Authorization header")
     raw = await read_limited(request, MAX_WEBHOOK_BYTES)
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         WEBHOOKS.labels("unknown", "malformed").inc()
         raise ServiceError(400, "malformed_json", "the body is not valid JSON") from None
     try:
