@@ -242,3 +242,29 @@ async def test_json_media_types_are_accepted(api: Api) -> None:
             headers={"Content-Type": content_type, "Authorization": WEBHOOK_SECRET},
         )
         assert response.status_code == 200, content_type
+
+
+async def test_even_an_unexpected_500_carries_the_headers(
+    make_api: ApiFactory, db_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    api = await make_api(run_worker=False)
+    # Schema drift: a table the admin API reads is gone (renamed back afterwards).
+    async with db_engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE delivery_jobs RENAME TO delivery_jobs_away"))
+    try:
+        transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get(
+                "/v1/deliveries", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            )
+    finally:
+        async with db_engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE delivery_jobs_away RENAME TO delivery_jobs"))
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-security-policy"]
+    assert response.headers["x-request-id"]
+    assert "Traceback" not in response.text and "delivery_jobs" not in response.text
