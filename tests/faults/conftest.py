@@ -44,7 +44,19 @@ from tests.conftest import (
 )
 from tests.fakes.servers import free_port
 
-PG_BIN = Path(os.environ.get("TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _postgres_bin() -> Path:
+    """TEST_PG_BIN, or the newest server installed the Debian way (/usr/lib/postgresql/N/bin)."""
+    if os.environ.get("TEST_PG_BIN"):
+        return Path(os.environ["TEST_PG_BIN"])
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    return versions[-1].parent if versions else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _postgres_bin()
 START_TIMEOUT = 40.0  # seconds for a process to come up on a busy 2-core machine
 
 
@@ -119,6 +131,8 @@ class PrivatePostgres:
 def private_postgres() -> Iterator[PrivatePostgres]:
     initdb = PG_BIN / "initdb"
     if not initdb.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{initdb} not found: the PostgreSQL restart test must run in CI")
         pytest.skip(f"{initdb} not found (set TEST_PG_BIN)")
     root = Path(tempfile.mkdtemp(prefix="optin-pg-"))
     datadir = root / "data"
