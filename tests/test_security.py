@@ -268,3 +268,13 @@ async def test_even_an_unexpected_500_carries_the_headers(
     assert response.headers["content-security-policy"]
     assert response.headers["x-request-id"]
     assert "Traceback" not in response.text and "delivery_jobs" not in response.text
+
+
+async def test_rate_limit_storage_down_fails_open(make_api: ApiFactory) -> None:
+    from tests.fakes.servers import free_port
+
+    api = await make_api(
+        rate_limit_links="1/minute", rate_limit_storage_url=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    for _ in range(2):  # over the limit, but the limit cannot be counted: sign-ups go on
+        assert (await api.client.post(LINKS, json={})).status_code == 200
