@@ -49,7 +49,9 @@ async def test_two_apis_two_workers_add_each_number_once(
 ) -> None:
     fakes.callloop.state.always(Scripted(200, text="OK", delay=0.02))
     api_env = service_env(pg_url, fakes, run_worker=False)
-    worker_env = service_env(pg_url, fakes)
+    # No process dies here, so no lease should ever expire: a long one keeps a stalled worker
+    # on a busy machine from being mistaken for a dead one.
+    worker_env = service_env(pg_url, fakes, delivery_lease_seconds=30)
     api_a, api_b, *_workers = await asyncio.gather(
         procs.api(api_env), procs.api(api_env), procs.worker(worker_env), procs.worker(worker_env)
     )
