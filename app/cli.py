@@ -41,6 +41,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry_dead(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.db import create_engine
+    from app.delivery import outbox
+    from app.settings import Settings
+
+    async def retry() -> int:
+        engine = create_engine(args.url or Settings().database_url)
+        try:
+            async with engine.begin() as conn:
+                return await outbox.retry_jobs(conn, args.job_ids or None)
+        finally:
+            await engine.dispose()
+
+    retried = asyncio.run(retry())
+    print(f"{retried} dead job(s) pending again; a running worker picks them up")
+    return 1 if args.job_ids and retried < len(args.job_ids) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optin-backend",
@@ -59,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--url", help="database URL (default: DATABASE_URL)")
     migrate.set_defaults(func=cmd_migrate)
+    retry = commands.add_parser(
+        "retry-dead",
+        help="give dead delivery jobs (all, or the ids given) a fresh set of attempts",
+    )
+    retry.add_argument("job_ids", nargs="*", type=int, metavar="JOB_ID")
+    retry.add_argument("--url", help="database URL (default: DATABASE_URL)")
+    retry.set_defaults(func=cmd_retry_dead)
     return parser
 
 
