@@ -48,7 +48,9 @@ def http_client(timeout: float) -> httpx.AsyncClient:
 
 
 def build_services(settings: Settings) -> Services:
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url, connect_timeout=settings.database_connect_timeout_seconds
+    )
     loop_http = http_client(settings.loop_timeout_seconds)
     callloop_http = http_client(settings.callloop_timeout_seconds)
     loopmessage = (

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
     database_url: str = "sqlite+aiosqlite:///./optin.db"
+    # PostgreSQL: give up on a new connection after this long (a hung server answers 503, fast)
+    database_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     # LoopMessage
     loop_api_key: SecretStr | None = None
