@@ -14,7 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, status_code_conformance
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -38,7 +38,7 @@ def runner(operation: Any, mode: GenerationMode, base_url: str) -> Any:
     headers = auth_for(operation.path)
     checks = [not_a_server_error]
     if mode is GenerationMode.POSITIVE:
-        checks += [response_schema_conformance, content_type_conformance]
+        checks += [response_schema_conformance, content_type_conformance, status_code_conformance]
 
     @settings(
         max_examples=EXAMPLES,
