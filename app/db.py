@@ -53,8 +53,10 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, full fsync on commit and a busy timeout."""
+def create_engine(url: str, connect_timeout: float | None = None, **kwargs: Any) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, full fsync on commit and a busy timeout; PostgreSQL
+    connections are checked before use (a restarted server's stale ones are replaced) and new
+    ones give up after `connect_timeout` seconds."""
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -78,6 +80,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
+    if connect_timeout is not None:
+        kwargs.setdefault("connect_args", {})["timeout"] = connect_timeout
     return create_async_engine(url, **kwargs)
 
 

@@ -27,7 +27,9 @@ from app.links.routes import router as links_router
 from app.metrics import router as metrics_router
 from app.observability import HttpMiddleware, configure_logging
 from app.ratelimit import LinkRateLimiter
+from app.requestlimits import MAX_BODY_BYTES, RequestLimitMiddleware
 from app.settings import Settings, secret_values
+from app.webhooks.routes import MAX_WEBHOOK_BYTES
 from app.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger("optin")
@@ -49,7 +51,9 @@ def http_client(timeout: float) -> httpx.AsyncClient:
 
 
 def build_services(settings: Settings) -> Services:
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url, connect_timeout=settings.database_connect_timeout_seconds
+    )
     loop_http = http_client(settings.loop_timeout_seconds)
     callloop_http = http_client(settings.callloop_timeout_seconds)
     loopmessage = (
@@ -74,7 +78,7 @@ def build_services(settings: Settings) -> Services:
 
 async def close_services(services: Services) -> None:
     if services.worker is not None:
-        await services.worker.stop()
+        await services.worker.stop(services.settings.delivery_shutdown_grace_seconds)
     await services.http.aclose()
     callloop_http = services.extras.get("callloop_http")
     if isinstance(callloop_http, httpx.AsyncClient):
@@ -110,6 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Innermost: its 413/415 answers still get CORS and the security headers.
+    app.add_middleware(
+        RequestLimitMiddleware,
+        default_limit=MAX_BODY_BYTES,
+        path_limits={"/v1/webhooks/loopmessage": MAX_WEBHOOK_BYTES},
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_allow_origins,

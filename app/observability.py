@@ -158,6 +158,9 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 DEFAULT_CSP = b"default-src 'none'; frame-ancestors 'none'"
+INTERNAL_ERROR_BODY = json.dumps(
+    {"code": "internal_error", "detail": "internal error; quote the X-Request-ID when reporting"}
+).encode()
 
 
 class HttpMiddleware:
@@ -184,10 +187,12 @@ class HttpMiddleware:
         docs_page = scope["path"] in ("/docs", "/redoc", "/docs/oauth2-redirect")
         started = time.perf_counter()
         status_code = 500
+        response_started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status_code = message["status"]
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
@@ -202,6 +207,19 @@ class HttpMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # A bug still gets a JSON 500 with the security headers and the request id; the
+            # exception goes on up to be logged (the server sees the response already sent).
+            if not response_started:
+                await send_wrapper(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send_wrapper({"type": "http.response.body", "body": INTERNAL_ERROR_BODY})
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")

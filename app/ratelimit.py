@@ -6,6 +6,7 @@ is `redis://…`.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -14,6 +15,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from app.errors import ServiceError
+
+log = logging.getLogger("optin.ratelimit")
 
 
 class LinkRateLimiter:
@@ -25,7 +28,16 @@ class LinkRateLimiter:
 
     async def check(self, client_key: str) -> None:
         """Raise 429 with Retry-After when this client is over its budget."""
-        if await self.limiter.hit(self.limit, "links", client_key):
+        try:
+            if await self.limiter.hit(self.limit, "links", client_key):
+                return
+        except Exception as exc:  # storage (Redis) unreachable: fail open, loudly
+            # Refusing every visitor while Redis is down would stop all sign-ups; the limit
+            # is abuse protection, and LoopMessage enforces its own quota upstream.
+            log.warning(
+                "rate limit storage unavailable; request allowed",
+                extra={"error": type(exc).__name__},
+            )
             return
         stats = await self.limiter.get_window_stats(self.limit, "links", client_key)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))

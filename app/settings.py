@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
     database_url: str = "sqlite+aiosqlite:///./optin.db"
+    # PostgreSQL: give up on a new connection after this long (a hung server answers 503, fast)
+    database_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     # LoopMessage
     loop_api_key: SecretStr | None = None
@@ -114,6 +116,8 @@ class Settings(BaseSettings):
     # The standalone worker (`optin-backend worker`) serves its own /metrics on HOST:this port,
     # without a token: keep it on an internal network. Unset: no metrics port.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # On shutdown, jobs still running after this long are cancelled and given back (pending).
+    delivery_shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=120)
 
     @field_validator("cors_allow_origins", "trusted_proxies", "optout_keywords", mode="before")
     @classmethod

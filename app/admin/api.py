@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
 from app.admin import queries
@@ -23,6 +23,7 @@ from app.db import utcnow
 from app.delivery import outbox
 from app.deps import AdminDep, ServicesDep
 from app.errors import ServiceError
+from app.links.schemas import NO_NUL
 from app.subscribers.service import erase_subscriber, opt_out
 from app.webhooks.parse import normalise_contact
 
@@ -40,7 +41,9 @@ Cursor = Annotated[
     str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of the previous page")
 ]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-ShortText = Annotated[str | None, Query(max_length=500)]
+ShortText = Annotated[str | None, Query(max_length=500, pattern=NO_NUL)]
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]  # a BIGINT: larger ids are simply not there
+ContactPath = Annotated[str, Path(min_length=1, max_length=320, pattern=NO_NUL)]
 DeliveryStatus = Literal["pending", "in_progress", "done", "dead", "skipped", "cancelled"]
 
 
@@ -99,7 +102,7 @@ async def export_opt_ins(services: ServicesDep, filters: OptInFiltersDep) -> Str
     response_model=OptInDetail,
     responses={404: {"description": "No such opt-in"}},
 )
-async def get_one_opt_in(opt_in_id: int, services: ServicesDep) -> dict[str, object]:
+async def get_one_opt_in(opt_in_id: RowId, services: ServicesDep) -> dict[str, object]:
     """One opt-in with its consent block and the history of its deliveries."""
     async with services.engine.connect() as conn:
         record = await queries.get_opt_in(conn, opt_in_id)
@@ -161,7 +164,7 @@ async def get_deliveries(
     response_model=RetryResult,
     responses={409: {"description": "The job is not dead"}},
 )
-async def retry_delivery(job_id: int, services: ServicesDep) -> RetryResult:
+async def retry_delivery(job_id: RowId, services: ServicesDep) -> RetryResult:
     """Give a dead job a fresh set of attempts."""
     async with services.engine.begin() as conn:
         retried = await outbox.retry_jobs(conn, [job_id])
@@ -186,7 +189,7 @@ async def retry_dead(services: ServicesDep) -> RetryResult:
     response_model=OptOutResult,
     responses={404: {"description": "Unknown contact"}},
 )
-async def opt_out_subscriber(contact: str, services: ServicesDep) -> OptOutResult:
+async def opt_out_subscriber(contact: ContactPath, services: ServicesDep) -> OptOutResult:
     """Opt the contact out: Call Loop `/s/` for every group it is in, through the outbox
     (and LoopMessage's audience delete when LOOP_AUDIENCE_DELETE_ON_OPTOUT is true)."""
     normalised = normalise_contact(contact)
@@ -211,7 +214,7 @@ async def opt_out_subscriber(contact: str, services: ServicesDep) -> OptOutResul
     response_model=ErasureResponse,
     responses={404: {"description": "Unknown contact (or already erased)"}},
 )
-async def erase(contact: str, services: ServicesDep) -> ErasureResponse:
+async def erase(contact: ContactPath, services: ServicesDep) -> ErasureResponse:
     """Right to erasure: opt the contact out (Call Loop `/s/` through the outbox, and
     LoopMessage's audience delete when LOOP_AUDIENCE_DELETE_ON_OPTOUT is true), then remove
     its personal data. Anonymous counts and an `erasures` record stay."""

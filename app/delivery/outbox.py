@@ -46,14 +46,19 @@ async def claim(
     conn: AsyncConnection, worker_id: str, limit: int, lease_seconds: float
 ) -> list[ClaimedJob]:
     now = utcnow()
-    due_ids = (
+    # Two statements in one transaction: lock at most `limit` due rows, then lease exactly
+    # those. (An `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` lets
+    # PostgreSQL re-run the subquery and lease the whole queue to one worker.)
+    due = await conn.execute(
         select(jobs.c.id)
         .where(_due(now))
         .order_by(jobs.c.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
+    due_ids = [row[0] for row in due]
+    if not due_ids:
+        return []
     result = await conn.execute(
         update(jobs)
         .where(jobs.c.id.in_(due_ids), _due(now))

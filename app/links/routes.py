@@ -16,6 +16,8 @@ from app.links.service import Visitor, create_link
 router = APIRouter(tags=["links"])
 
 ERRORS: dict[int | str, dict[str, str]] = {
+    413: {"description": "Body over 16 KB"},
+    415: {"description": "Body not sent as application/json"},
     422: {"description": "Invalid body (e.g. no [opt-in-code], a field too long)"},
     429: {"description": "Over the per-IP rate limit; see Retry-After"},
     502: {"description": "LoopMessage refused or failed the request"},

@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from app.settings import OPT_IN_CODE
 from app.webhooks.parse import REF_PARAM, UTM_FIELDS
 
-Attribution = Annotated[str, StringConstraints(max_length=500)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+Attribution = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 ParamKey = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
-ParamValue = Annotated[str, StringConstraints(max_length=500)]
+ParamValue = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 
 RESERVED_PARAMS = {"body", "sender_type", REF_PARAM, "click_id", *UTM_FIELDS}
 
@@ -21,7 +22,9 @@ RESERVED_PARAMS = {"body", "sender_type", REF_PARAM, "click_id", *UTM_FIELDS}
 class OptInLinkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    body: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+    body: (
+        Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)] | None
+    ) = Field(
         default=None,
         description="Text prefilled in the visitor's Messages app; must contain [opt-in-code]. "
         "Defaults to LOOP_OPTIN_BODY.",
@@ -32,7 +35,7 @@ class OptInLinkRequest(BaseModel):
     utm_campaign: Attribution | None = None
     utm_term: Attribution | None = None
     utm_content: Attribution | None = None
-    page_url: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+    page_url: Annotated[str, StringConstraints(max_length=2000, pattern=NO_NUL)] | None = Field(
         default=None, description="The page the visitor saw (consent evidence)."
     )
     params: dict[ParamKey, ParamValue] = Field(

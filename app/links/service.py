@@ -43,8 +43,10 @@ def new_ref() -> str:
 def upstream_failure(exc: LoopMessageError) -> ServiceError:
     status, code = _ERROR_STATUS.get(exc.kind, (502, "upstream_error"))
     headers = None
-    if status == 503:
-        headers = {"Retry-After": str(exc.retry_after or 30)}
+    if exc.retry_after is not None:  # LoopMessage said when: pass it on, whatever the status
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif status == 503:
+        headers = {"Retry-After": "30"}
     return ServiceError(status, code, exc.detail, headers=headers)
 
 

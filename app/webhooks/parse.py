@@ -13,6 +13,7 @@ REF_PARAM = "optin_ref"  # our link-request reference, sent upstream with every 
 MAX_ID = 200
 MAX_FIELD = 500
 MAX_PARAMS = 50
+MAX_DEPTH = 32  # LoopMessage's webhooks are three levels deep
 
 
 class InvalidWebhook(ValueError):
@@ -36,6 +37,22 @@ class ParsedWebhook:
     language_code: str | None = None
     language_name: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """NUL characters dropped from every string (PostgreSQL text cannot hold them), so such a
+    webhook is stored instead of failing forever; nesting bounded."""
+    if depth > MAX_DEPTH:
+        raise InvalidWebhook(f"the webhook is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {
+            str(key).replace("\x00", ""): _clean(item, depth + 1) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_clean(item, depth + 1) for item in value]
+    return value
 
 
 def _optional_str(payload: dict[str, Any], name: str, limit: int = MAX_FIELD) -> str | None:
@@ -68,6 +85,7 @@ def normalise_contact(contact: str) -> str:
 def parse_webhook(payload: Any) -> ParsedWebhook:
     if not isinstance(payload, dict):
         raise InvalidWebhook("the webhook body must be a JSON object")
+    payload = _clean(payload)
     webhook_id = _optional_str(payload, "webhook_id", MAX_ID)
     if webhook_id is None:
         raise InvalidWebhook("webhook_id is required")

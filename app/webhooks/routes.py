@@ -30,6 +30,30 @@ def verify_authorization(header: str | None, secrets: list[str]) -> bool:
     return matched and bool(presented)
 
 
+# The body as LoopMessage documents it (read by hand, not by FastAPI: it is verified first).
+WEBHOOK_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["webhook_id"],
+    "properties": {
+        "webhook_id": {"type": "string", "maxLength": 200},
+        "event": {"type": "string", "maxLength": 64},
+        "type": {"type": "string", "maxLength": 64},
+        "contact": {"type": "string", "maxLength": 320},
+        "text": {"type": "string"},
+        "message_id": {"type": "string", "maxLength": 200},
+        "organization_id": {"type": "string", "maxLength": 200},
+        "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+        "language": {"type": "object"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _no_constants(name: str) -> None:
+    """NaN and Infinity are not JSON (and PostgreSQL's json type refuses them)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -50,8 +74,15 @@ async def read_limited(request: Request, limit: int) -> bytes:
         400: {"description": "Malformed JSON"},
         401: {"description": "Missing or wrong Authorization"},
         413: {"description": "Body over 256 KB"},
+        415: {"description": "Body not sent as application/json"},
         422: {"description": "JSON that is not a LoopMessage webhook"},
         503: {"description": "LOOP_WEBHOOK_SECRET unset, or the database is unavailable"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": WEBHOOK_BODY_SCHEMA}},
+        }
     },
 )
 async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[str, str]:
@@ -64,8 +95,8 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[s
         raise ServiceError(401, "unauthorized", "wrong or missing Authorization header")
     raw = await read_limited(request, MAX_WEBHOOK_BYTES)
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         WEBHOOKS.labels("unknown", "malformed").inc()
         raise ServiceError(400, "malformed_json", "the body is not valid JSON") from None
     try:

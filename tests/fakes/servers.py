@@ -49,6 +49,10 @@ class Scripted:
     text: str | None = None
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    # When set, the answer waits until the event is set (at most `hold_timeout` seconds): a
+    # request the test holds "in flight" for as long as it needs, without timing guesses.
+    hold: threading.Event | None = None
+    hold_timeout: float = 30.0
 
 
 class FakeState:
@@ -102,6 +106,10 @@ async def _record(state: FakeState, request: Request) -> Recorded:
 
 
 async def _answer(scripted: Scripted) -> Response:
+    if scripted.hold is not None:
+        deadline = time.monotonic() + scripted.hold_timeout
+        while not scripted.hold.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
     if scripted.delay:
         await asyncio.sleep(scripted.delay)
     if scripted.text is not None:

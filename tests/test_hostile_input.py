@@ -1,0 +1,78 @@
+"""Input that only an attacker or a broken client sends: a clear 4xx or a clean store, never 5xx.
+
+Found by fuzzing on PostgreSQL: NUL characters (text columns cannot hold them), ids beyond a
+BIGINT, JSON nested past Python's recursion limit, NaN.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import WEBHOOK_SECRET, Api, opt_in_payload
+
+HEADERS = {"Authorization": WEBHOOK_SECRET, "Content-Type": "application/json"}
+
+
+async def test_nul_characters_in_a_webhook_are_dropped_and_it_is_stored(api: Api) -> None:
+    payload = opt_in_payload(contact="+1202555\u00001234", first="A\u0000da")
+    payload["text"] = "yes\u0000"
+    response = await api.webhook(payload)
+    assert response.status_code == 200, response.text
+    [opt_in] = (await api.admin_get("/v1/opt-ins")).json()["items"]
+    assert opt_in["contact"].endswith("1234") and "\u0000" not in opt_in["contact"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"webhook_id": "w", "x": NaN}', b'{"a": Infinity}'],
+)
+async def test_unparseable_webhooks_are_400(api: Api, raw: bytes) -> None:
+    response = await api.client.post("/v1/webhooks/loopmessage", content=raw, headers=HEADERS)
+    assert response.status_code == 400
+    assert response.json()["code"] == "malformed_json"
+
+
+async def test_webhook_nested_too_deep_is_422(api: Api) -> None:
+    payload = opt_in_payload()
+    nested: dict[str, object] = {}
+    payload["extra"] = nested
+    for _ in range(40):
+        nested["n"] = {}
+        nested = nested["n"]  # type: ignore[assignment]
+    response = await api.webhook(payload)
+    assert response.status_code == 422
+    assert "nested" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"click_id": "a\u0000b"},
+        {"utm_source": "\u0000"},
+        {"params": {"first": "x\u0000"}},
+        {"page_url": "https://x\u0000"},
+        {"body": "Hi [opt-in-code]\u0000"},
+    ],
+)
+async def test_nul_in_link_requests_is_422(api: Api, body: dict[str, object]) -> None:
+    response = await api.client.post("/v1/opt-in-links", json=body)
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/opt-ins/99999999999999999999"),
+        ("GET", "/v1/opt-ins/0"),
+        ("POST", "/v1/deliveries/9223372036854775808/retry"),
+        ("GET", "/v1/opt-ins?contact=%00"),
+        ("POST", "/v1/subscribers/%2B1202%005550000/opt-out"),
+    ],
+)
+async def test_admin_inputs_out_of_range_are_422(api: Api, method: str, path: str) -> None:
+    response = await api.client.request(
+        method,
+        path,
+        headers={"Authorization": f"Bearer {api.settings.admin_token.get_secret_value()}"},  # type: ignore[union-attr]
+    )
+    assert response.status_code == 422, response.text
