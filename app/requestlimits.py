@@ -1,5 +1,7 @@
 """Every request body is bounded and JSON: 413 over the limit, 415 for another content type.
 
+The admin console's HTML forms (under /admin) are the one place that posts form bodies.
+
 A plain ASGI middleware in front of the routes, so no endpoint can forget it. Bodies announced
 with Content-Length are refused before a byte is read (the server enforces that the body then
 matches the length); chunked bodies are read up to the limit and replayed to the app.
@@ -17,6 +19,10 @@ MAX_BODY_BYTES = 16 * 1024  # the link endpoint's JSON is well under 5 KB
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
 
+FORM_PATH_PREFIX = "/admin"
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+
+
 def is_json(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or (
@@ -32,6 +38,13 @@ class RequestLimitMiddleware:
         self.default_limit = default_limit
         self.path_limits = path_limits or {}
 
+    @staticmethod
+    def _accepted(scope: Scope, content_type: str) -> bool:
+        if is_json(content_type):
+            return True
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        return media_type in FORM_TYPES and scope["path"].startswith(FORM_PATH_PREFIX)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
             await self.app(scope, receive, send)
@@ -42,7 +55,7 @@ class RequestLimitMiddleware:
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         has_body = chunked or (length is not None and length.strip() not in ("", "0"))
         content_type = headers.get("content-type")
-        if has_body and content_type is not None and not is_json(content_type):
+        if has_body and content_type is not None and not self._accepted(scope, content_type):
             await self._refuse(
                 415, "unsupported_media_type", "send the body as application/json", scope, send
             )
