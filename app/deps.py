@@ -14,6 +14,7 @@ from app.clients.callloop import CallLoopClient
 from app.clients.loopmessage import LoopMessageClient
 from app.delivery.worker import DeliveryWorker
 from app.errors import ServiceError, not_configured
+from app.groupcommit import GroupCommitter
 from app.ratelimit import LinkRateLimiter
 from app.settings import Settings
 
@@ -28,6 +29,8 @@ class Services:
     callloop: CallLoopClient
     loopmessage: LoopMessageClient | None
     rate_limiter: LinkRateLimiter
+    # The hot write paths (webhook intake, link requests) commit through here, in batches.
+    writer: GroupCommitter
     worker: DeliveryWorker | None = None
     migration_head: str | None = None
     extras: dict[str, object] = field(default_factory=dict)

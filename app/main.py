@@ -20,6 +20,7 @@ from app.db import create_engine
 from app.delivery.worker import DeliveryWorker
 from app.deps import Services
 from app.errors import install_error_handlers
+from app.groupcommit import GroupCommitter
 from app.health import router as health_router
 from app.links.routes import router as links_router
 from app.observability import HttpMiddleware, configure_logging
@@ -63,6 +64,7 @@ def build_services(settings: Settings) -> Services:
         callloop=CallLoopClient(callloop_http, settings.callloop_method),
         loopmessage=loopmessage,
         rate_limiter=LinkRateLimiter(settings.rate_limit_links, settings.rate_limit_storage_url),
+        writer=GroupCommitter(engine),
         migration_head=migration_head(),
     )
     services.extras["callloop_http"] = callloop_http
@@ -72,6 +74,7 @@ def build_services(settings: Settings) -> Services:
 async def close_services(services: Services) -> None:
     if services.worker is not None:
         await services.worker.stop()
+    await services.writer.stop()
     await services.http.aclose()
     callloop_http = services.extras.get("callloop_http")
     if isinstance(callloop_http, httpx.AsyncClient):

@@ -19,7 +19,7 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fakes.servers import FakeState, fake_loopmessage_app  # noqa: E402
+from tests.fakes.servers import FakeState, fake_loopmessage_app
 
 receipts: list[tuple[str, float]] = []
 
@@ -62,7 +62,11 @@ async def main(loop_port: int, callloop_port: int) -> None:
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan="off",
                 access_log=False,
             )
         )

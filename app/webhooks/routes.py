@@ -74,8 +74,8 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[s
         WEBHOOKS.labels("unknown", "invalid").inc()
         raise ServiceError(422, "invalid_webhook", str(exc)) from None
     try:
-        async with services.engine.begin() as conn:
-            outcome = await ingest(conn, services.settings, parsed)
+        # Answered only after the commit that holds this webhook (shared with its neighbours).
+        outcome = await services.writer.run(lambda conn: ingest(conn, services.settings, parsed))
     except (OperationalError, DBAPIError, OSError) as exc:
         WEBHOOKS.labels(parsed.event, "unavailable").inc()
         log.warning("webhook not stored: database unavailable", extra={"error": type(exc).__name__})
