@@ -39,8 +39,9 @@ class GroupCommitter:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.items = 0
+        self.batches = 0  # committed batches
+        self.items = 0  # units committed in those batches
+        self.replays = 0  # batches rolled back and replayed one unit at a time
 
     def start(self) -> None:
         if self._task is None:
@@ -94,6 +95,7 @@ class GroupCommitter:
             if len(live) == 1:
                 live[0].future.set_exception(exc)
                 return
+            self.replays += 1
             log.info(
                 "batch failed; running its units one by one",
                 extra={"units": len(live), "error": type(exc).__name__},
