@@ -25,7 +25,7 @@ class Services:
 
     settings: Settings
     engine: AsyncEngine
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # Call Loop (LoopMessage has its own session, in its client)
     callloop: CallLoopClient
     loopmessage: LoopMessageClient | None
     rate_limiter: LinkRateLimiter

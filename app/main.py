@@ -48,11 +48,12 @@ def http_client(timeout: float) -> httpx.AsyncClient:
 
 def build_services(settings: Settings) -> Services:
     engine = create_engine(settings.database_url)
-    loop_http = http_client(settings.loop_timeout_seconds)
     callloop_http = http_client(settings.callloop_timeout_seconds)
     loopmessage = (
         LoopMessageClient(
-            loop_http, settings.loop_api_base_url, settings.loop_api_key.get_secret_value()
+            settings.loop_api_base_url,
+            settings.loop_api_key.get_secret_value(),
+            settings.loop_timeout_seconds,
         )
         if settings.loop_api_key is not None
         else None
@@ -60,14 +61,13 @@ def build_services(settings: Settings) -> Services:
     services = Services(
         settings=settings,
         engine=engine,
-        http=loop_http,
+        http=callloop_http,
         callloop=CallLoopClient(callloop_http, settings.callloop_method),
         loopmessage=loopmessage,
         rate_limiter=LinkRateLimiter(settings.rate_limit_links, settings.rate_limit_storage_url),
         writer=GroupCommitter(engine),
         migration_head=migration_head(),
     )
-    services.extras["callloop_http"] = callloop_http
     return services
 
 
@@ -76,9 +76,8 @@ async def close_services(services: Services) -> None:
         await services.worker.stop()
     await services.writer.stop()
     await services.http.aclose()
-    callloop_http = services.extras.get("callloop_http")
-    if isinstance(callloop_http, httpx.AsyncClient):
-        await callloop_http.aclose()
+    if services.loopmessage is not None:
+        await services.loopmessage.aclose()
     await services.engine.dispose()
 
 
