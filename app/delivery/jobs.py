@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.callloop import opt_out_url
@@ -19,6 +19,10 @@ jobs = table_of(DeliveryJob)
 memberships = table_of(GroupMembership)
 
 CONTACT_FIELDS = ("first", "last", "email")
+
+# PostgreSQL channel a standalone worker LISTENs on; the intake NOTIFYs it inside the
+# transaction that queued jobs, so the notification is delivered only once that commit is done.
+JOBS_CHANNEL = "optin_delivery_jobs"
 
 
 def callloop_variables(
@@ -208,3 +212,10 @@ async def enqueue_audience_delete(
 async def has_pending_jobs(conn: AsyncConnection) -> bool:
     row = await conn.execute(select(jobs.c.id).where(jobs.c.status == "pending").limit(1))
     return row.first() is not None
+
+
+async def notify_new_jobs(conn: AsyncConnection) -> None:
+    """Tell listening workers (PostgreSQL NOTIFY, sent at commit) that jobs were queued.
+    PostgreSQL folds identical notifications of one transaction into one."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})

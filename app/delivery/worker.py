@@ -9,6 +9,7 @@ import os
 import socket
 import uuid
 
+import asyncpg
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +18,7 @@ from app.clients.loopmessage import LoopMessageClient, LoopMessageError
 from app.db import insert_ignore, table_of, utcnow
 from app.delivery import outbox
 from app.delivery.backoff import retry_delay
+from app.delivery.jobs import JOBS_CHANNEL
 from app.models import WorkerHeartbeat
 from app.observability import DELIVERIES, QUEUE_DEPTH, QUEUE_OLDEST_AGE
 from app.redaction import mask_url
@@ -53,6 +55,8 @@ class DeliveryWorker:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.listening = False  # a PostgreSQL LISTEN connection is up
 
     def wake(self) -> None:
         """New jobs were committed: look now instead of at the next poll."""
@@ -61,12 +65,14 @@ class DeliveryWorker:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="delivery-worker")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        if self.engine.dialect.name == "postgresql":
+            self._listen_task = asyncio.create_task(self._listen(), name="worker-listen")
 
     async def stop(self, grace_seconds: float = 20.0) -> None:
         """Finish the jobs in hand (bounded by `grace_seconds`), then give back what is left."""
         self._stopping.set()
         self._wake.set()
-        for task in (self._task, self._heartbeat_task):
+        for task in (self._task, self._heartbeat_task, self._listen_task):
             if task is None:
                 continue
             try:
@@ -189,6 +195,33 @@ class DeliveryWorker:
                 "reason": reason,
             },
         )
+
+    async def _listen(self) -> None:
+        """LISTEN for the intake's NOTIFY so new jobs start at once, also in a standalone worker.
+        Without the connection the worker still polls every DELIVERY_POLL_INTERVAL_SECONDS."""
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stopping.is_set():
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(dsn, timeout=10)
+                await connection.add_listener(JOBS_CHANNEL, lambda *_args: self.wake())
+                self.listening = True
+                self.wake()  # catch up on anything committed while nobody listened
+                while not self._stopping.is_set() and not connection.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_SECONDS)
+            except Exception as exc:
+                log.warning(
+                    "LISTEN connection unavailable; polling only",
+                    extra={"error": type(exc).__name__},
+                )
+            finally:
+                self.listening = False
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close(timeout=5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_SECONDS)
 
     async def _heartbeat(self) -> None:
         started = utcnow()
