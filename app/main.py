@@ -90,7 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         if settings.run_worker:
             services.worker = DeliveryWorker(
-                services.engine, settings, services.callloop, services.loopmessage
+                services.engine,
+                settings,
+                services.callloop,
+                services.loopmessage,
+                writer=services.writer,
             )
             services.worker.start()
         app.state.services = services

@@ -17,7 +17,9 @@ log = logging.getLogger("optin.worker")
 
 async def run_worker(settings: Settings) -> None:
     services = build_services(settings)
-    worker = DeliveryWorker(services.engine, settings, services.callloop, services.loopmessage)
+    worker = DeliveryWorker(
+        services.engine, settings, services.callloop, services.loopmessage, writer=services.writer
+    )
     services.worker = worker
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

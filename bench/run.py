@@ -194,7 +194,7 @@ def ensure_wrk() -> None:
     subprocess.run([*sudo, "apt-get", "install", "-y", "wrk"], check=True, env=env)
 
 
-def wait_http(url: str, seconds: float = 30.0) -> None:
+def wait_http(url: str, seconds: float = 120.0) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
         try:
