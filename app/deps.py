@@ -45,7 +45,9 @@ class Services:
             self.worker.wake()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+    # on every request of the hot routes.
     services: Services = request.app.state.services
     return services
 

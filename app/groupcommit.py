@@ -8,9 +8,9 @@ If a unit raises inside a batch, the batch is rolled back and every unit of it i
 its own transaction: the one that fails gets its error, the others are stored as if alone.
 If the commit itself fails, every unit of that batch gets the error (nothing was stored).
 
-On SQLite the batch runs in one writer thread over the stdlib driver: the units are the same
-async domain functions (`ingest`, …), driven to completion against a synchronous connection,
-so a whole batch costs one thread hop instead of one per statement through aiosqlite.
+On SQLite the batch uses the stdlib driver: the units are the same async domain functions
+(`ingest`, …), driven to completion against a synchronous connection, so a batch costs two
+thread hops (BEGIN, COMMIT) instead of one per statement through aiosqlite.
 """
 
 from __future__ import annotations
@@ -77,36 +77,49 @@ def _drive(awaitable: Awaitable[T]) -> T:
 
 
 class GroupCommitter:
-    def __init__(self, engine: AsyncEngine, max_batch: int = 256) -> None:
+    def __init__(self, engine: AsyncEngine, max_batch: int = 256, writers: int = 4) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._sync_connection: Connection | None = None
+        # SQLite has one writer; PostgreSQL overlaps a few batches' round trips (row locks
+        # order them; a deadlock between two batches just replays their units one by one).
+        self.writers = writers
         if is_sqlite(engine.url.render_as_string(hide_password=False)):
             self._sync_engine = create_sqlite_writer_engine(
                 engine.url.render_as_string(hide_password=False)
             )
+            self.writers = 1
         self.batches = 0  # committed batches
         self.items = 0  # units committed in those batches
         self.replays = 0  # batches rolled back and replayed one unit at a time
 
     def start(self) -> None:
-        if self._task is None:
+        if not self._tasks:
             if self._sync_engine is not None and self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-            self._task = asyncio.create_task(self._run(), name="group-commit")
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"group-commit-{n}")
+                for n in range(self.writers)
+            ]
 
     async def stop(self) -> None:
         """Finish what is queued, then stop."""
-        if self._task is not None:
+        if self._tasks:
             await self._queue.join()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks = []
         if self._thread is not None:
+            if self._sync_connection is not None:
+                await self._in_thread(self._sync_connection.close)
+                self._sync_connection = None
             self._thread.shutdown(wait=True)
             self._thread = None
         if self._sync_engine is not None:
@@ -114,7 +127,7 @@ class GroupCommitter:
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work(conn)` in the next batch; return its result once that batch is committed."""
-        if self._task is None:
+        if not self._tasks:
             self.start()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(work, future))
@@ -147,9 +160,8 @@ class GroupCommitter:
                     self._queue.task_done()
 
     async def _commit(self, live: list[_Item]) -> list[_Outcome]:
-        if self._sync_engine is not None and self._thread is not None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._commit_in_thread, live)
+        if self._sync_engine is not None:
+            return await self._commit_sqlite(live)
         return await self._commit_async(live)
 
     def _note(self, units: int, replayed: bool, error: BaseException | None) -> None:
@@ -163,18 +175,54 @@ class GroupCommitter:
             self.batches += 1
             self.items += units
 
-    # SQLite: the writer thread, stdlib driver
-    def _commit_in_thread(self, live: list[_Item]) -> list[_Outcome]:
+    # SQLite: stdlib driver. BEGIN IMMEDIATE (may wait for the lock) and COMMIT (the fsync) run
+    # in the writer thread; the statements run on the event loop thread, where they are short
+    # in-memory work. Running them in a thread as well made every statement wait for the GIL.
+    def _connection(self) -> Connection:
         assert self._sync_engine is not None
+        if self._sync_connection is None or self._sync_connection.closed:
+            self._sync_connection = self._sync_engine.connect()
+        return self._sync_connection
+
+    def _begin(self) -> Connection:
+        connection = self._connection()
+        connection.begin()
+        return connection
+
+    @staticmethod
+    def _finish(connection: Connection, commit: bool) -> None:
+        transaction = connection.get_transaction()
+        if transaction is None:
+            return
+        if commit:
+            transaction.commit()
+        else:
+            transaction.rollback()
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, function, *args)
+
+    async def _commit_sqlite(self, live: list[_Item]) -> list[_Outcome]:
         try:
-            with self._sync_engine.begin() as conn:
-                facade = cast(AsyncConnection, _SyncConnection(conn))
-                values = [_drive(item.work(facade)) for item in live]
+            connection = await self._in_thread(self._begin)
         except Exception as exc:
+            return [_Outcome(error=exc) for _ in live]
+        try:
+            facade = cast(AsyncConnection, _SyncConnection(connection))
+            values = [_drive(item.work(facade)) for item in live]
+        except Exception as exc:
+            await self._in_thread(self._finish, connection, False)
             if len(live) == 1:
                 return [_Outcome(error=exc)]
             self._note(len(live), True, exc)
-            return [self._commit_in_thread([item])[0] for item in live]
+            return [(await self._commit_sqlite([item]))[0] for item in live]
+        try:
+            await self._in_thread(self._finish, connection, True)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self._in_thread(self._finish, connection, False)
+            return [_Outcome(error=exc) for _ in live]
         self._note(len(live), False, None)
         return [_Outcome(value) for value in values]
 
