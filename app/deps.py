@@ -6,7 +6,6 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,7 +24,6 @@ class Services:
 
     settings: Settings
     engine: AsyncEngine
-    http: httpx.AsyncClient  # Call Loop (LoopMessage has its own session, in its client)
     callloop: CallLoopClient
     loopmessage: LoopMessageClient | None
     rate_limiter: LinkRateLimiter

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
@@ -38,17 +37,8 @@ def migration_head() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def http_client(timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        follow_redirects=False,
-    )
-
-
 def build_services(settings: Settings) -> Services:
     engine = create_engine(settings.database_url)
-    callloop_http = http_client(settings.callloop_timeout_seconds)
     loopmessage = (
         LoopMessageClient(
             settings.loop_api_base_url,
@@ -61,8 +51,7 @@ def build_services(settings: Settings) -> Services:
     services = Services(
         settings=settings,
         engine=engine,
-        http=callloop_http,
-        callloop=CallLoopClient(callloop_http, settings.callloop_method),
+        callloop=CallLoopClient(settings.callloop_method, settings.callloop_timeout_seconds),
         loopmessage=loopmessage,
         rate_limiter=LinkRateLimiter(settings.rate_limit_links, settings.rate_limit_storage_url),
         writer=GroupCommitter(engine),
@@ -75,7 +64,7 @@ async def close_services(services: Services) -> None:
     if services.worker is not None:
         await services.worker.stop()
     await services.writer.stop()
-    await services.http.aclose()
+    await services.callloop.aclose()
     if services.loopmessage is not None:
         await services.loopmessage.aclose()
     await services.engine.dispose()
