@@ -12,6 +12,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from app.clients.session import LazySession
 from app.observability import UPSTREAM_LATENCY
 from app.redaction import mask_url
 
@@ -52,24 +53,10 @@ class CallLoopClient:
 
     def __init__(self, method: str = "POST", timeout_seconds: float = 10.0) -> None:
         self._method = method
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout_seconds, connect=min(timeout_seconds, 5.0)
-        )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
-            )
-        return self._session
+        self._session = LazySession(timeout_seconds)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.aclose()
 
     async def send(self, configured_url: str, variables: dict[str, str]) -> CallLoopResult:
         """Send the variables in the query string and, for POST, also as the form body."""
@@ -77,7 +64,7 @@ class CallLoopClient:
         masked = mask_url(configured_url)
         with UPSTREAM_LATENCY.labels("callloop").time():
             try:
-                async with self._client().request(
+                async with self._session.get().request(
                     self._method,
                     url,
                     data=variables if self._method == "POST" else None,

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from app.clients.session import LazySession
 from app.observability import UPSTREAM_LATENCY
 
 
@@ -58,31 +59,16 @@ class LoopMessageClient:
     def __init__(self, base_url: str, api_key: str, timeout_seconds: float) -> None:
         self._base_url = base_url
         self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout_seconds, connect=min(timeout_seconds, 5.0)
-        )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
-                raise_for_status=False,
-            )
-        return self._session
+        self._session = LazySession(timeout_seconds)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self._base_url}{path}"
         with UPSTREAM_LATENCY.labels("loopmessage").time():
             try:
-                async with self._client().request(
+                async with self._session.get().request(
                     method, url, headers=self._headers, allow_redirects=False, **kwargs
                 ) as response:
                     status = response.status
