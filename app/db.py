@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -110,6 +111,13 @@ def insert_ignore(dialect_name: str, table: Any, *conflict_columns: str) -> Inse
             index_elements=list(conflict_columns)
         )
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+
+
+@functools.cache
+def insert_ignore_returning(dialect_name: str, table: Table, conflict: tuple[str, ...]) -> Insert:
+    """`insert_ignore(...).returning(table.c.id)` built once per table: executed with a dict of
+    values, so the hot paths skip rebuilding the statement and its cache key every time."""
+    return insert_ignore(dialect_name, table, *conflict).returning(table.c.id)
 
 
 def table_of(model: type[Base]) -> Table:

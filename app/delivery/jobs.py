@@ -9,7 +9,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.callloop import opt_out_url
-from app.db import insert_ignore, table_of
+from app.db import insert_ignore_returning, table_of
 from app.delivery.routing import group_hash
 from app.models import DeliveryJob, GroupMembership
 from app.phones import NotAPhoneNumber, format_phone
@@ -19,6 +19,7 @@ jobs = table_of(DeliveryJob)
 memberships = table_of(GroupMembership)
 
 CONTACT_FIELDS = ("first", "last", "email")
+INSERT_JOB = insert(jobs)  # executed with a dict of values (built once: the intake's hot path)
 
 # PostgreSQL channel a standalone worker LISTENs on; the intake NOTIFYs it inside the
 # transaction that queued jobs, so the notification is delivered only once that commit is done.
@@ -94,16 +95,15 @@ async def enqueue_subscribe(
 
     hashed = group_hash(route.group_url)
     joined = await conn.execute(
-        insert_ignore(conn.dialect.name, memberships, "subscriber_id", "group_hash")
-        .values(
-            subscriber_id=subscriber_id,
-            group_hash=hashed,
-            group_url=route.group_url,
-            route_key=route.key,
-            status="active",
-            joined_at=now,
-        )
-        .returning(memberships.c.id)
+        insert_ignore_returning(conn.dialect.name, memberships, ("subscriber_id", "group_hash")),
+        {
+            "subscriber_id": subscriber_id,
+            "group_hash": hashed,
+            "group_url": route.group_url,
+            "route_key": route.key,
+            "status": "active",
+            "joined_at": now,
+        },
     )
     if joined.first() is None:
         rejoined = await conn.execute(
@@ -119,14 +119,15 @@ async def enqueue_subscribe(
         if rejoined.first() is None:
             return "already_member"
     await conn.execute(
-        insert(jobs).values(
+        INSERT_JOB,
+        {
             **base,
-            route_key=route.key,
-            target_url=route.group_url,
-            follow_up_url=route.trigger_url,
-            payload=variables,
-            status="pending",
-        )
+            "route_key": route.key,
+            "target_url": route.group_url,
+            "follow_up_url": route.trigger_url,
+            "payload": variables,
+            "status": "pending",
+        },
     )
     return "queued"
 
