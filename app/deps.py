@@ -6,7 +6,6 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +13,7 @@ from app.clients.callloop import CallLoopClient
 from app.clients.loopmessage import LoopMessageClient
 from app.delivery.worker import DeliveryWorker
 from app.errors import ServiceError, not_configured
+from app.groupcommit import GroupCommitter
 from app.ratelimit import LinkRateLimiter
 from app.settings import Settings
 
@@ -24,10 +24,11 @@ class Services:
 
     settings: Settings
     engine: AsyncEngine
-    http: httpx.AsyncClient
     callloop: CallLoopClient
     loopmessage: LoopMessageClient | None
     rate_limiter: LinkRateLimiter
+    # The hot write paths (webhook intake, link requests) commit through here, in batches.
+    writer: GroupCommitter
     worker: DeliveryWorker | None = None
     migration_head: str | None = None
     extras: dict[str, object] = field(default_factory=dict)
@@ -42,7 +43,9 @@ class Services:
             self.worker.wake()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+    # on every request of the hot routes.
     services: Services = request.app.state.services
     return services
 

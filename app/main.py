@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
@@ -22,6 +21,7 @@ from app.db import create_engine
 from app.delivery.worker import DeliveryWorker
 from app.deps import Services
 from app.errors import install_error_handlers
+from app.groupcommit import GroupCommitter
 from app.health import router as health_router
 from app.links.routes import router as links_router
 from app.metrics import router as metrics_router
@@ -42,23 +42,15 @@ def migration_head() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def http_client(timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        follow_redirects=False,
-    )
-
-
 def build_services(settings: Settings) -> Services:
     engine = create_engine(
         settings.database_url, connect_timeout=settings.database_connect_timeout_seconds
     )
-    loop_http = http_client(settings.loop_timeout_seconds)
-    callloop_http = http_client(settings.callloop_timeout_seconds)
     loopmessage = (
         LoopMessageClient(
-            loop_http, settings.loop_api_base_url, settings.loop_api_key.get_secret_value()
+            settings.loop_api_base_url,
+            settings.loop_api_key.get_secret_value(),
+            settings.loop_timeout_seconds,
         )
         if settings.loop_api_key is not None
         else None
@@ -66,23 +58,22 @@ def build_services(settings: Settings) -> Services:
     services = Services(
         settings=settings,
         engine=engine,
-        http=loop_http,
-        callloop=CallLoopClient(callloop_http, settings.callloop_method),
+        callloop=CallLoopClient(settings.callloop_method, settings.callloop_timeout_seconds),
         loopmessage=loopmessage,
         rate_limiter=LinkRateLimiter(settings.rate_limit_links, settings.rate_limit_storage_url),
+        writer=GroupCommitter(engine),
         migration_head=migration_head(),
     )
-    services.extras["callloop_http"] = callloop_http
     return services
 
 
 async def close_services(services: Services) -> None:
     if services.worker is not None:
         await services.worker.stop(services.settings.delivery_shutdown_grace_seconds)
-    await services.http.aclose()
-    callloop_http = services.extras.get("callloop_http")
-    if isinstance(callloop_http, httpx.AsyncClient):
-        await callloop_http.aclose()
+    await services.writer.stop()
+    await services.callloop.aclose()
+    if services.loopmessage is not None:
+        await services.loopmessage.aclose()
     await services.engine.dispose()
 
 
@@ -95,7 +86,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         if settings.run_worker:
             services.worker = DeliveryWorker(
-                services.engine, settings, services.callloop, services.loopmessage
+                services.engine,
+                settings,
+                services.callloop,
+                services.loopmessage,
+                writer=services.writer,
             )
             services.worker.start()
         app.state.services = services

@@ -33,7 +33,9 @@ def serve_metrics(settings: Settings) -> WSGIServer | None:
 async def run_worker(settings: Settings) -> None:
     metrics_server = serve_metrics(settings)
     services = build_services(settings)
-    worker = DeliveryWorker(services.engine, settings, services.callloop, services.loopmessage)
+    worker = DeliveryWorker(
+        services.engine, settings, services.callloop, services.loopmessage, writer=services.writer
+    )
     services.worker = worker
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

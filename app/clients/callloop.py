@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import httpx
+import aiohttp
+from yarl import URL
 
+from app.clients.session import LazySession
 from app.observability import UPSTREAM_LATENCY
 from app.redaction import mask_url
 
@@ -46,28 +48,38 @@ def build_url(configured_url: str, variables: dict[str, str]) -> str:
 
 
 class CallLoopClient:
-    def __init__(self, http: httpx.AsyncClient, method: str = "POST") -> None:
-        self._http = http
+    """Call Loop over aiohttp (like LoopMessage: far less CPU per call than httpx's pool, and the
+    delivery worker shares the API's process). URLs are sent as built, never re-quoted."""
+
+    def __init__(self, method: str = "POST", timeout_seconds: float = 10.0) -> None:
         self._method = method
+        self._session = LazySession(timeout_seconds)
+
+    async def aclose(self) -> None:
+        await self._session.aclose()
 
     async def send(self, configured_url: str, variables: dict[str, str]) -> CallLoopResult:
         """Send the variables in the query string and, for POST, also as the form body."""
-        url = build_url(configured_url, variables)
+        url = URL(build_url(configured_url, variables), encoded=True)
         masked = mask_url(configured_url)
         with UPSTREAM_LATENCY.labels("callloop").time():
             try:
-                if self._method == "GET":
-                    response = await self._http.get(url)
-                else:
-                    response = await self._http.post(url, data=variables)
-            except httpx.TimeoutException:
+                async with self._session.get().request(
+                    self._method,
+                    url,
+                    data=variables if self._method == "POST" else None,
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    body = await response.read()
+            except TimeoutError:
                 raise CallLoopError(f"timeout calling {masked}", transient=True) from None
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 raise CallLoopError(
                     f"connection error calling {masked}: {type(exc).__name__}", transient=True
                 ) from None
-        excerpt = response.text[:200].replace(configured_url, masked)
-        status = response.status_code
+        text = body.decode("utf-8", errors="replace")
+        excerpt = text[:200].replace(configured_url, masked)
         if 200 <= status < 300:
             return CallLoopResult(status, excerpt)
         transient = status == 429 or status >= 500

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.callloop import opt_out_url
-from app.db import insert_ignore, table_of
+from app.db import insert_ignore_returning, table_of
 from app.delivery.routing import group_hash
 from app.models import DeliveryJob, GroupMembership
 from app.phones import NotAPhoneNumber, format_phone
@@ -21,6 +21,11 @@ memberships = table_of(GroupMembership)
 CONTACT_FIELDS = ("first", "last", "email")
 # Jobs that tell a third party to forget or unsubscribe a contact.
 UNSUBSCRIBE_KINDS = ("opt_out", "audience_delete")
+INSERT_JOB = insert(jobs)  # executed with a dict of values (built once: the intake's hot path)
+
+# PostgreSQL channel a standalone worker LISTENs on; the intake NOTIFYs it inside the
+# transaction that queued jobs, so the notification is delivered only once that commit is done.
+JOBS_CHANNEL = "optin_delivery_jobs"
 
 
 def callloop_variables(
@@ -92,16 +97,15 @@ async def enqueue_subscribe(
 
     hashed = group_hash(route.group_url)
     joined = await conn.execute(
-        insert_ignore(conn.dialect.name, memberships, "subscriber_id", "group_hash")
-        .values(
-            subscriber_id=subscriber_id,
-            group_hash=hashed,
-            group_url=route.group_url,
-            route_key=route.key,
-            status="active",
-            joined_at=now,
-        )
-        .returning(memberships.c.id)
+        insert_ignore_returning(conn.dialect.name, memberships, ("subscriber_id", "group_hash")),
+        {
+            "subscriber_id": subscriber_id,
+            "group_hash": hashed,
+            "group_url": route.group_url,
+            "route_key": route.key,
+            "status": "active",
+            "joined_at": now,
+        },
     )
     if joined.first() is None:
         rejoined = await conn.execute(
@@ -118,14 +122,15 @@ async def enqueue_subscribe(
             return "already_member"
         await cancel_unsent_opt_out(conn, subscriber_id, route.group_url, now)
     await conn.execute(
-        insert(jobs).values(
+        INSERT_JOB,
+        {
             **base,
-            route_key=route.key,
-            target_url=route.group_url,
-            follow_up_url=route.trigger_url,
-            payload=variables,
-            status="pending",
-        )
+            "route_key": route.key,
+            "target_url": route.group_url,
+            "follow_up_url": route.trigger_url,
+            "payload": variables,
+            "status": "pending",
+        },
     )
     return "queued"
 
@@ -228,3 +233,10 @@ async def enqueue_audience_delete(
 async def has_pending_jobs(conn: AsyncConnection) -> bool:
     row = await conn.execute(select(jobs.c.id).where(jobs.c.status == "pending").limit(1))
     return row.first() is not None
+
+
+async def notify_new_jobs(conn: AsyncConnection) -> None:
+    """Tell listening workers (PostgreSQL NOTIFY, sent at commit) that jobs were queued.
+    PostgreSQL folds identical notifications of one transaction into one."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})

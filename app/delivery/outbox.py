@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import table_of, utcnow
@@ -89,22 +89,33 @@ def _ours(job_id: int, worker_id: str) -> Any:
     )
 
 
+# Built once (one per finished job, on the busy path): executed with bound values.
+MARK_DONE = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("job_id"),
+        jobs.c.status == "in_progress",
+        jobs.c.lease_owner == bindparam("worker_id"),
+    )
+    .values(
+        status="done",
+        lease_owner=None,
+        lease_expires_at=None,
+        last_status_code=bindparam("status_code"),
+        last_error=None,
+        completed_at=bindparam("now", type_=jobs.c.completed_at.type),
+        updated_at=bindparam("now", type_=jobs.c.updated_at.type),
+    )
+)
+
+
 async def mark_done(
     conn: AsyncConnection, job: ClaimedJob, worker_id: str, status_code: int | None
 ) -> bool:
     now = utcnow()
     result = await conn.execute(
-        update(jobs)
-        .where(_ours(job.id, worker_id))
-        .values(
-            status="done",
-            lease_owner=None,
-            lease_expires_at=None,
-            last_status_code=status_code,
-            last_error=None,
-            completed_at=now,
-            updated_at=now,
-        )
+        MARK_DONE,
+        {"job_id": job.id, "worker_id": worker_id, "status_code": status_code, "now": now},
     )
     if result.rowcount != 1:
         return False

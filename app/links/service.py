@@ -19,6 +19,7 @@ from app.observability import LINK_REQUESTS
 from app.webhooks.parse import REF_PARAM
 
 link_requests = table_of(LinkRequest)
+INSERT_LINK_REQUEST = insert(link_requests)  # executed with a dict of values (built once)
 
 _ERROR_STATUS = {
     "rejected": (502, "upstream_rejected"),
@@ -68,22 +69,20 @@ async def create_link(
         raise upstream_failure(exc) from None
     available = {"imessage": links.imessage, "sms": links.sms, "url": links.url}
     recommended = recommend(visitor.user_agent, available)
-    async with services.engine.begin() as conn:
-        await conn.execute(
-            insert(link_requests).values(
-                ref=ref,
-                loop_link_id=links.id[:100],
-                created_at=utcnow(),
-                params=request.params,
-                consent_text=body,
-                client_ip=visitor.ip,
-                user_agent=(visitor.user_agent or "")[:1000] or None,
-                page_url=(request.page_url or visitor.page_url or "")[:2000] or None,
-                recommended=recommended,
-                channel=channel,
-                **attribution,
-            )
-        )
+    values = {
+        "ref": ref,
+        "loop_link_id": links.id[:100],
+        "created_at": utcnow(),
+        "params": request.params,
+        "consent_text": body,
+        "client_ip": visitor.ip,
+        "user_agent": (visitor.user_agent or "")[:1000] or None,
+        "page_url": (request.page_url or visitor.page_url or "")[:2000] or None,
+        "recommended": recommended,
+        "channel": channel,
+        **attribution,
+    }
+    await services.writer.run(lambda conn: conn.execute(INSERT_LINK_REQUEST, values))
     LINK_REQUESTS.labels("ok").inc()
     return OptInLinks(
         id=links.id,

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import insert_ignore, table_of
+from app.db import insert_ignore_returning, table_of
 from app.delivery.jobs import UNSUBSCRIBE_KINDS, enqueue_audience_delete, enqueue_opt_outs
 from app.models import DeliveryJob, Erasure, LinkRequest, OptIn, Subscriber
 from app.settings import Settings
@@ -31,16 +31,15 @@ async def upsert_subscriber(conn: AsyncConnection, contact: str, now: datetime) 
     """The subscriber for `contact`, created on first sight; on PostgreSQL the row is locked
     for the rest of the transaction so concurrent webhooks for one contact take turns."""
     created = await conn.execute(
-        insert_ignore(conn.dialect.name, subscribers, "contact")
-        .values(
-            contact=contact,
-            status="active",
-            first_opt_in_at=now,
-            last_opt_in_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(subscribers.c.id)
+        insert_ignore_returning(conn.dialect.name, subscribers, ("contact",)),
+        {
+            "contact": contact,
+            "status": "active",
+            "first_opt_in_at": now,
+            "last_opt_in_at": now,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
     new_id = created.scalar()
     if new_id is not None:

@@ -8,12 +8,14 @@ import logging
 
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.delivery.jobs import notify_new_jobs
 from app.deps import ServicesDep
 from app.errors import ServiceError, not_configured
 from app.observability import WEBHOOKS
 from app.webhooks.parse import InvalidWebhook, parse_webhook
-from app.webhooks.service import ingest
+from app.webhooks.service import IntakeOutcome, ingest
 
 router = APIRouter(tags=["webhooks"])
 log = logging.getLogger("optin.webhooks")
@@ -104,9 +106,16 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[s
     except InvalidWebhook as exc:
         WEBHOOKS.labels("unknown", "invalid").inc()
         raise ServiceError(422, "invalid_webhook", str(exc)) from None
+
+    async def store(conn: AsyncConnection) -> IntakeOutcome:
+        outcome = await ingest(conn, services.settings, parsed)
+        if outcome.jobs_queued:
+            await notify_new_jobs(conn)
+        return outcome
+
     try:
-        async with services.engine.begin() as conn:
-            outcome = await ingest(conn, services.settings, parsed)
+        # Answered only after the commit that holds this webhook (shared with its neighbours).
+        outcome = await services.writer.run(store)
     except (OperationalError, DBAPIError, OSError) as exc:
         WEBHOOKS.labels(parsed.event, "unavailable").inc()
         log.warning("webhook not stored: database unavailable", extra={"error": type(exc).__name__})

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import insert_ignore, table_of, utcnow
+from app.db import insert_ignore, insert_ignore_returning, table_of, utcnow
 from app.delivery.jobs import enqueue_subscribe
 from app.delivery.routing import resolve_route
 from app.models import LinkRequest, OptIn, WebhookEvent
@@ -43,26 +43,25 @@ async def store_opt_in(
     link_request_id = await _link_request_id(conn, parsed.ref)
     route = resolve_route(settings, parsed.params.get("list"), parsed.utm.get("utm_campaign"))
     inserted = await conn.execute(
-        insert_ignore(conn.dialect.name, opt_ins, "webhook_id")
-        .values(
-            webhook_id=parsed.webhook_id,
-            subscriber_id=subscriber.id,
-            link_request_id=link_request_id,
-            consent_evidence="link_request" if link_request_id else "webhook_only",
-            contact=parsed.contact,
-            event=parsed.event,
-            message_id=parsed.message_id,
-            organization_id=parsed.organization_id,
-            click_id=parsed.click_id,
-            params=parsed.params,
-            language_code=parsed.language_code,
-            language_name=parsed.language_name,
-            route_key=route.key if route else None,
-            raw_payload=parsed.raw,
-            received_at=now,
+        insert_ignore_returning(conn.dialect.name, opt_ins, ("webhook_id",)),
+        {
+            "webhook_id": parsed.webhook_id,
+            "subscriber_id": subscriber.id,
+            "link_request_id": link_request_id,
+            "consent_evidence": "link_request" if link_request_id else "webhook_only",
+            "contact": parsed.contact,
+            "event": parsed.event,
+            "message_id": parsed.message_id,
+            "organization_id": parsed.organization_id,
+            "click_id": parsed.click_id,
+            "params": parsed.params,
+            "language_code": parsed.language_code,
+            "language_name": parsed.language_name,
+            "route_key": route.key if route else None,
+            "raw_payload": parsed.raw,
+            "received_at": now,
             **parsed.utm,
-        )
-        .returning(opt_ins.c.id)
+        },
     )
     opt_in_id = inserted.scalar()
     if opt_in_id is None:

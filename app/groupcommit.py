@@ -1,0 +1,240 @@
+"""Group commit: concurrent units of work share one transaction and one commit (one fsync).
+
+Each caller hands over `work(conn)` and awaits its own result, which is delivered only after the
+commit that holds its changes, so "answered means stored" still holds. One writer runs the
+batches, which is also what SQLite wants (one writer, no lock waits between requests).
+
+If a unit raises inside a batch, the batch is rolled back and every unit of it is run again in
+its own transaction: the one that fails gets its error, the others are stored as if alone.
+If the commit itself fails, every unit of that batch gets the error (nothing was stored).
+
+On SQLite the batch uses the stdlib driver: the units are the same async domain functions
+(`ingest`, …), driven to completion against a synchronous connection, so a batch costs two
+thread hops (BEGIN, COMMIT) instead of one per statement through aiosqlite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db import create_sqlite_writer_engine, is_sqlite
+
+log = logging.getLogger("optin.groupcommit")
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[Any]]
+
+
+class _Item:
+    __slots__ = ("future", "work")
+
+    def __init__(self, work: Work, future: asyncio.Future[Any]) -> None:
+        self.work = work
+        self.future = future
+
+
+class _Outcome:
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+
+
+class _SyncConnection:
+    """What the domain functions use of an AsyncConnection (`execute`, `dialect`), answered
+    by a synchronous connection: their awaits complete at once, in the writer thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+
+def _drive(awaitable: Awaitable[T]) -> T:
+    """Run a coroutine that never really suspends (it only awaits a _SyncConnection)."""
+    coroutine = cast(Coroutine[Any, Any, T], awaitable)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    coroutine.close()
+    raise RuntimeError("a group-commit unit awaited something other than the database")
+
+
+class GroupCommitter:
+    def __init__(self, engine: AsyncEngine, max_batch: int = 256, writers: int = 4) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sync_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._sync_connection: Connection | None = None
+        # SQLite has one writer; PostgreSQL overlaps a few batches' round trips (row locks
+        # order them; a deadlock between two batches just replays their units one by one).
+        self.writers = writers
+        if is_sqlite(engine.url.render_as_string(hide_password=False)):
+            self._sync_engine = create_sqlite_writer_engine(
+                engine.url.render_as_string(hide_password=False)
+            )
+            self.writers = 1
+        self.batches = 0  # committed batches
+        self.items = 0  # units committed in those batches
+        self.replays = 0  # batches rolled back and replayed one unit at a time
+
+    def start(self) -> None:
+        if not self._tasks:
+            if self._sync_engine is not None and self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"group-commit-{n}")
+                for n in range(self.writers)
+            ]
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._tasks:
+            await self._queue.join()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks = []
+        if self._thread is not None:
+            if self._sync_connection is not None:
+                await self._in_thread(self._sync_connection.close)
+                self._sync_connection = None
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work(conn)` in the next batch; return its result once that batch is committed."""
+        if not self._tasks:
+            self.start()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(work, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [item for item in batch if not item.future.done()]  # callers may be gone
+            try:
+                if live:
+                    outcomes = await self._commit(live)
+                    for item, outcome in zip(live, outcomes, strict=True):
+                        if item.future.done():
+                            continue
+                        if outcome.error is not None:
+                            item.future.set_exception(outcome.error)
+                        else:
+                            item.future.set_result(outcome.value)
+            except BaseException as exc:  # never leave a caller waiting
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, live: list[_Item]) -> list[_Outcome]:
+        if self._sync_engine is not None:
+            return await self._commit_sqlite(live)
+        return await self._commit_async(live)
+
+    def _note(self, units: int, replayed: bool, error: BaseException | None) -> None:
+        if replayed:
+            self.replays += 1
+            log.info(
+                "batch failed; running its units one by one",
+                extra={"units": units, "error": type(error).__name__},
+            )
+        else:
+            self.batches += 1
+            self.items += units
+
+    # SQLite: stdlib driver. BEGIN IMMEDIATE (may wait for the lock) and COMMIT (the fsync) run
+    # in the writer thread; the statements run on the event loop thread, where they are short
+    # in-memory work. Running them in a thread as well made every statement wait for the GIL.
+    def _connection(self) -> Connection:
+        assert self._sync_engine is not None
+        if self._sync_connection is None or self._sync_connection.closed:
+            self._sync_connection = self._sync_engine.connect()
+        return self._sync_connection
+
+    def _begin(self) -> Connection:
+        connection = self._connection()
+        connection.begin()
+        return connection
+
+    @staticmethod
+    def _finish(connection: Connection, commit: bool) -> None:
+        transaction = connection.get_transaction()
+        if transaction is None:
+            return
+        if commit:
+            transaction.commit()
+        else:
+            transaction.rollback()
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, function, *args)
+
+    async def _commit_sqlite(self, live: list[_Item]) -> list[_Outcome]:
+        try:
+            connection = await self._in_thread(self._begin)
+        except Exception as exc:
+            return [_Outcome(error=exc) for _ in live]
+        try:
+            facade = cast(AsyncConnection, _SyncConnection(connection))
+            values = [_drive(item.work(facade)) for item in live]
+        except Exception as exc:
+            await self._in_thread(self._finish, connection, False)
+            if len(live) == 1:
+                return [_Outcome(error=exc)]
+            self._note(len(live), True, exc)
+            return [(await self._commit_sqlite([item]))[0] for item in live]
+        try:
+            await self._in_thread(self._finish, connection, True)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self._in_thread(self._finish, connection, False)
+            return [_Outcome(error=exc) for _ in live]
+        self._note(len(live), False, None)
+        return [_Outcome(value) for value in values]
+
+    # PostgreSQL (and any other async driver): one transaction on the async engine
+    async def _commit_async(self, live: list[_Item]) -> list[_Outcome]:
+        try:
+            async with self.engine.begin() as conn:
+                values = [await item.work(conn) for item in live]
+        except Exception as exc:
+            if len(live) == 1:
+                return [_Outcome(error=exc)]
+            self._note(len(live), True, exc)
+            return [(await self._commit_async([item]))[0] for item in live]
+        self._note(len(live), False, None)
+        return [_Outcome(value) for value in values]

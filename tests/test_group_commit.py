@@ -1,0 +1,136 @@
+"""Group commit of the hot write paths: concurrent webhooks share a transaction, each one is
+answered only after the commit that holds it, and one failing unit does not fail its batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db import utcnow
+from app.groupcommit import GroupCommitter
+from app.models import DeliveryJob, Erasure, OptIn, Subscriber
+from tests.conftest import Api, Fakes, opt_in_payload, wait_until
+
+
+async def count(engine: AsyncEngine, model: object, *where: object) -> int:
+    query = select(func.count()).select_from(model)  # type: ignore[arg-type]
+    if where:
+        query = query.where(*where)  # type: ignore[arg-type]
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_concurrent_webhooks_are_all_stored_once(
+    api: Api, db_engine: AsyncEngine, fakes: Fakes
+) -> None:
+    payloads = [opt_in_payload(contact=f"+1555555{n:04d}") for n in range(40)]
+    payloads += [opt_in_payload(contact="+15555550999") for _ in range(5)]  # one contact, 5 times
+    responses = await asyncio.gather(*(api.webhook(p) for p in payloads))
+
+    assert [r.status_code for r in responses] == [200] * len(payloads)
+    assert {r.json()["status"] for r in responses} == {"stored"}
+    assert await count(db_engine, OptIn) == 45
+    assert await count(db_engine, Subscriber) == 41
+    # one subscribe job per new membership: 40 contacts + the repeated one once
+    assert await count(db_engine, DeliveryJob, DeliveryJob.kind == "subscribe") == 41
+    await wait_until(lambda: len(fakes.callloop.state.received("/r/")) == 41)
+
+
+async def test_duplicate_and_new_webhook_in_one_batch(api: Api, db_engine: AsyncEngine) -> None:
+    stored = opt_in_payload(contact="+15555550101")
+    assert (await api.webhook(stored)).json()["status"] == "stored"
+
+    fresh = opt_in_payload(contact="+15555550102")
+    retried, new, same_twice_a, same_twice_b = await asyncio.gather(
+        api.webhook(stored), api.webhook(fresh), api.webhook(fresh), api.webhook(stored)
+    )
+    assert retried.json()["status"] == "duplicate"
+    assert same_twice_b.json()["status"] == "duplicate"
+    assert sorted([new.json()["status"], same_twice_a.json()["status"]]) == [
+        "duplicate",
+        "stored",
+    ]
+    assert await count(db_engine, OptIn) == 2
+    assert await count(db_engine, OptIn, OptIn.webhook_id == fresh["webhook_id"]) == 1
+
+
+async def test_concurrent_stop_and_opt_in_keep_their_meaning(
+    api: Api, db_engine: AsyncEngine
+) -> None:
+    contact = "+15555550177"
+    await api.webhook(opt_in_payload(contact=contact))
+    stop = {
+        "contact": contact,
+        "event": "message_inbound",
+        "type": "message",
+        "text": "STOP",
+        "webhook_id": "stop-in-batch",
+        "message_id": "m-stop",
+    }
+    others = [opt_in_payload(contact=f"+1555555{n:04d}") for n in range(300, 310)]
+    responses = await asyncio.gather(api.webhook(stop), *(api.webhook(p) for p in others))
+    assert responses[0].json()["status"] == "opted_out"
+    assert {r.json()["status"] for r in responses[1:]} == {"stored"}
+    async with db_engine.connect() as conn:
+        status = (
+            await conn.execute(select(Subscriber.status).where(Subscriber.contact == contact))
+        ).scalar_one()
+    assert status == "opted_out"
+
+
+async def test_a_failing_unit_does_not_fail_its_batch(db_engine: AsyncEngine) -> None:
+    committer = GroupCommitter(db_engine, writers=1)  # one batch, whatever the database
+    erasures = Erasure.__table__
+
+    def add(subscriber_id: int):  # type: ignore[no-untyped-def]
+        async def work(conn: AsyncConnection) -> int:
+            await conn.execute(
+                insert(erasures).values(
+                    subscriber_id=subscriber_id,
+                    erased_at=utcnow(),
+                    opt_ins_erased=0,
+                    requested_by="test",
+                )
+            )
+            return subscriber_id
+
+        return work
+
+    async def broken(conn: AsyncConnection) -> int:
+        await conn.execute(select(1))
+        raise ValueError("this unit is bad")
+
+    try:
+        results = await asyncio.gather(
+            committer.run(add(1)),
+            committer.run(broken),
+            committer.run(add(2)),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.stop()
+    assert results[0] == 1 and results[2] == 2
+    assert isinstance(results[1], ValueError)
+    assert committer.replays == 1  # the three were one batch, rolled back and replayed
+    assert await count(db_engine, Erasure) == 2
+
+
+@pytest.mark.parametrize("units", [1, 50])
+async def test_every_caller_gets_its_own_result(db_engine: AsyncEngine, units: int) -> None:
+    committer = GroupCommitter(db_engine, max_batch=16)
+
+    def echo(n: int):  # type: ignore[no-untyped-def]
+        async def work(conn: AsyncConnection) -> int:
+            return int((await conn.execute(select(n))).scalar_one())
+
+        return work
+
+    try:
+        results = await asyncio.gather(*(committer.run(echo(n)) for n in range(units)))
+    finally:
+        await committer.stop()
+    assert results == list(range(units))
+    assert committer.items == units
