@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, insert, not_, select, update
+from sqlalchemy import and_, case, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import insert_ignore_returning, table_of
@@ -60,12 +60,37 @@ async def record_opt_in(conn: AsyncConnection, subscriber: SubscriberRow, now: d
         .where(subscribers.c.id == subscriber.id)
         .values(
             status="active",
-            last_opt_in_at=now,
+            # never backwards: an opt-in recovered from history may be older than the last one
+            last_opt_in_at=case(
+                (subscribers.c.last_opt_in_at < now, now), else_=subscribers.c.last_opt_in_at
+            ),
             updated_at=now,
             opted_out_at=None,
             opt_out_source=None,
         )
     )
+
+
+async def opted_out_since(conn: AsyncConnection, subscriber_id: int, moment: datetime) -> bool:
+    """The subscriber is opted out, by an opt-out that came at or after `moment`."""
+    row = (
+        await conn.execute(
+            select(subscribers.c.status, subscribers.c.opted_out_at).where(
+                subscribers.c.id == subscriber_id
+            )
+        )
+    ).one()
+    return row.status == "opted_out" and row.opted_out_at is not None and row.opted_out_at >= moment
+
+
+async def opted_in_since(conn: AsyncConnection, contact: str, moment: datetime) -> bool:
+    """The contact's latest opt-in came at or after `moment`."""
+    row = (
+        await conn.execute(
+            select(subscribers.c.last_opt_in_at).where(subscribers.c.contact == contact)
+        )
+    ).first()
+    return row is not None and row.last_opt_in_at >= moment
 
 
 async def find_subscriber(conn: AsyncConnection, contact: str) -> tuple[int, str] | None:

@@ -164,7 +164,7 @@ async def reconcile(
             report.ignored += 1
             continue
         async with engine.begin() as conn:
-            outcome = await ingest(conn, settings, parsed)
+            outcome = await ingest(conn, settings, parsed, occurred_at=item.created_at)
         report.outcomes[outcome.status] = report.outcomes.get(outcome.status, 0) + 1
         if outcome.status != "duplicate":
             log.info(

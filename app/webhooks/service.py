@@ -13,7 +13,13 @@ from app.delivery.jobs import enqueue_subscribe
 from app.delivery.routing import resolve_route
 from app.models import LinkRequest, OptIn, WebhookEvent
 from app.settings import Settings
-from app.subscribers.service import opt_out, record_opt_in, upsert_subscriber
+from app.subscribers.service import (
+    opt_out,
+    opted_in_since,
+    opted_out_since,
+    record_opt_in,
+    upsert_subscriber,
+)
 from app.webhooks.parse import ParsedWebhook, is_stop_message
 
 opt_ins = table_of(OptIn)
@@ -36,10 +42,15 @@ async def _link_request_id(conn: AsyncConnection, ref: str | None) -> int | None
 
 
 async def store_opt_in(
-    conn: AsyncConnection, settings: Settings, parsed: ParsedWebhook, now: datetime
+    conn: AsyncConnection,
+    settings: Settings,
+    parsed: ParsedWebhook,
+    now: datetime,
+    occurred_at: datetime | None = None,
 ) -> IntakeOutcome:
     assert parsed.contact is not None
-    subscriber = await upsert_subscriber(conn, parsed.contact, now)
+    opted_in_at = occurred_at or now
+    subscriber = await upsert_subscriber(conn, parsed.contact, opted_in_at)
     link_request_id = await _link_request_id(conn, parsed.ref)
     route = resolve_route(settings, parsed.params.get("list"), parsed.utm.get("utm_campaign"))
     inserted = await conn.execute(
@@ -66,7 +77,10 @@ async def store_opt_in(
     opt_in_id = inserted.scalar()
     if opt_in_id is None:
         return IntakeOutcome("duplicate")
-    await record_opt_in(conn, subscriber, now)
+    if occurred_at is not None and await opted_out_since(conn, subscriber.id, occurred_at):
+        # A recovered opt-in older than the contact's opt-out: kept as history, not acted on.
+        return IntakeOutcome("superseded", opt_in_id)
+    await record_opt_in(conn, subscriber, opted_in_at)
     queued = await enqueue_subscribe(
         conn,
         settings,
@@ -81,9 +95,16 @@ async def store_opt_in(
 
 
 async def store_other_event(
-    conn: AsyncConnection, settings: Settings, parsed: ParsedWebhook, now: datetime
+    conn: AsyncConnection,
+    settings: Settings,
+    parsed: ParsedWebhook,
+    now: datetime,
+    occurred_at: datetime | None = None,
 ) -> IntakeOutcome:
     stop = is_stop_message(parsed, settings.optout_keywords)
+    if stop and occurred_at is not None and parsed.contact:
+        # A recovered STOP older than the contact's latest opt-in does not undo that opt-in.
+        stop = not await opted_in_since(conn, parsed.contact, occurred_at)
     inserted = await conn.execute(
         insert_ignore(conn.dialect.name, webhook_events, "webhook_id")
         .values(
@@ -99,16 +120,25 @@ async def store_other_event(
         return IntakeOutcome("duplicate")
     if stop and parsed.contact:
         result = await opt_out(
-            conn, settings, contact=parsed.contact, source="stop_keyword", now=now
+            conn, settings, contact=parsed.contact, source="stop_keyword", now=occurred_at or now
         )
         if result is not None:
             return IntakeOutcome("opted_out", jobs_queued=result[1] > 0)
     return IntakeOutcome("recorded")
 
 
-async def ingest(conn: AsyncConnection, settings: Settings, parsed: ParsedWebhook) -> IntakeOutcome:
-    """Everything one webhook changes, inside the caller's transaction."""
+async def ingest(
+    conn: AsyncConnection,
+    settings: Settings,
+    parsed: ParsedWebhook,
+    occurred_at: datetime | None = None,
+) -> IntakeOutcome:
+    """Everything one webhook changes, inside the caller's transaction.
+
+    `occurred_at` is given for webhooks recovered from LoopMessage's history (reconcile): an
+    old opt-in then never overrides a newer opt-out, nor an old STOP a newer opt-in.
+    """
     now = utcnow()
     if parsed.is_opt_in:
-        return await store_opt_in(conn, settings, parsed, now)
-    return await store_other_event(conn, settings, parsed, now)
+        return await store_opt_in(conn, settings, parsed, now, occurred_at)
+    return await store_other_event(conn, settings, parsed, now, occurred_at)
