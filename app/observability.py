@@ -123,13 +123,30 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (it may be swapped, e.g. by a test runner)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure_logging(
     log_format: str, level: str, secrets: list[str], stream: TextIO | None = None
 ) -> None:
     """Root logging for the service (stdout, or `stream`: the CLI keeps stdout for its output);
     httpx/httpcore are quietened (they log full URLs), and scrubbed if turned up."""
     _secrets[:] = sorted(set(secrets), key=len, reverse=True)
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler: logging.StreamHandler = (
+        logging.StreamHandler(stream) if stream is not None else StdoutHandler()
+    )
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
