@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -31,7 +31,6 @@ class Services:
     writer: GroupCommitter
     worker: DeliveryWorker | None = None
     migration_head: str | None = None
-    extras: dict[str, object] = field(default_factory=dict)
 
     def require_loopmessage(self) -> LoopMessageClient:
         if self.loopmessage is None:

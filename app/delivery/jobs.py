@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.callloop import opt_out_url
@@ -228,11 +228,6 @@ async def enqueue_audience_delete(
             updated_at=now,
         )
     )
-
-
-async def has_pending_jobs(conn: AsyncConnection) -> bool:
-    row = await conn.execute(select(jobs.c.id).where(jobs.c.status == "pending").limit(1))
-    return row.first() is not None
 
 
 async def notify_new_jobs(conn: AsyncConnection) -> None:
