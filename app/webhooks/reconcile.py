@@ -2,7 +2,9 @@
 
 Every opt-in (and every STOP message) in the window goes through the same parse and `ingest`
 as a live webhook, so a webhook already stored is a `duplicate` and running this again changes
-nothing. Items are fed oldest first, so an opt-in followed by a STOP ends opted out.
+nothing. Items are fed oldest first, so an opt-in followed by a STOP ends opted out, and they
+are applied in batches of `BATCH_SIZE`, one transaction each: the delivery worker never sees an
+add that a later STOP in the same batch revokes, and no batch holds the database for long.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.clients.loopmessage import LoopMessageClient
 from app.settings import Settings
@@ -23,6 +25,7 @@ from app.webhooks.service import ingest
 log = logging.getLogger("optin.reconcile")
 
 _LIST_KEYS = ("data", "results", "items", "webhooks")
+BATCH_SIZE = 200
 
 
 @dataclass
@@ -154,26 +157,33 @@ async def reconcile(
     """Feed the window's opt-ins and STOP messages through the webhook intake, once each."""
     report = ReconcileReport()
     items = await fetch_window(client, since, until, report, per_page=per_page, max_pages=max_pages)
-    for item in items:
-        try:
-            parsed = parse_webhook(item.payload)
-        except InvalidWebhook:
-            report.invalid += 1
-            continue
-        if not parsed.is_opt_in and not is_stop_message(parsed, settings.optout_keywords):
-            report.ignored += 1
-            continue
+    for start in range(0, len(items), BATCH_SIZE):
         async with engine.begin() as conn:
-            outcome = await ingest(conn, settings, parsed, occurred_at=item.created_at)
-        report.outcomes[outcome.status] = report.outcomes.get(outcome.status, 0) + 1
-        if outcome.status != "duplicate":
-            log.info(
-                "recovered a missed webhook",
-                extra={"webhook_id": parsed.webhook_id, "outcome": outcome.status},
-            )
+            for item in items[start : start + BATCH_SIZE]:
+                await _apply(conn, settings, item, report)
     if report.truncated:
         log.warning(
             "stopped at the page limit before the end of the window",
             extra={"max_pages": max_pages},
         )
     return report
+
+
+async def _apply(
+    conn: AsyncConnection, settings: Settings, item: HistoryItem, report: ReconcileReport
+) -> None:
+    try:
+        parsed = parse_webhook(item.payload)
+    except InvalidWebhook:
+        report.invalid += 1
+        return
+    if not parsed.is_opt_in and not is_stop_message(parsed, settings.optout_keywords):
+        report.ignored += 1
+        return
+    outcome = await ingest(conn, settings, parsed, occurred_at=item.created_at)
+    report.outcomes[outcome.status] = report.outcomes.get(outcome.status, 0) + 1
+    if outcome.status != "duplicate":
+        log.info(
+            "recovered a missed webhook",
+            extra={"webhook_id": parsed.webhook_id, "outcome": outcome.status},
+        )
