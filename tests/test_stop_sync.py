@@ -4,7 +4,9 @@ added to, through the outbox, exactly once per group; a later opt-in subscribes 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from sqlalchemy import select
 
 from app.models import Subscriber
 from tests.conftest import Api, ApiFactory, Fakes, opt_in_payload, wait_until
+from tests.fakes.servers import Scripted
 
 SPRING_KEY = "grpSpring71"
 FALL_KEY = "grpFall82"
@@ -194,3 +197,72 @@ async def test_re_opt_in_before_the_opt_out_is_sent_supersedes_it(
 async def _all_sent(api: Api) -> bool:
     jobs = await api.deliveries()
     return not any(job["status"] in ("pending", "in_progress") for job in jobs)
+
+
+async def test_stop_during_the_add_waits_for_it_and_no_welcome_follows(
+    make_api: ApiFactory, fakes: Fakes, db_engine: Any
+) -> None:
+    contact = "+15555550409"
+    stop_arrived = threading.Event()
+    # The group add is held at Call Loop until the opt-out reaches Call Loop too (which must
+    # not happen while the add is in flight) or 1.5 s have passed.
+    fakes.callloop.state.then(Scripted(200, text="OK", hold=stop_arrived, hold_timeout=1.5))
+    trigger = f"{fakes.callloop.base_url}/t/?welcome55"
+    first = await make_api(callloop_trigger_url=trigger)
+    await first.webhook(opt_in_payload(contact=contact))
+    await wait_until(lambda: len(fakes.callloop.state.received("/r/")) == 1)
+
+    # A second instance, with its own idle worker, takes the STOP while the add is held.
+    second = await make_api(callloop_trigger_url=trigger)
+    response = await second.webhook(inbound(contact, "STOP"))
+    assert response.json()["status"] == "opted_out"
+    await wait_until(lambda: len(fakes.callloop.state.received("/s/")) == 1)
+    stop_arrived.set()
+    await wait_until(lambda: _all_sent(second))
+
+    [opt_out_call] = fakes.callloop.state.received("/s/")
+    [add] = await jobs_of(second, "subscribe", "done")
+    # The /s/ left only after the add had finished: Call Loop cannot end with the contact in.
+    assert opt_out_call.received_at >= datetime.fromisoformat(add["completed_at"]).timestamp()
+    # And the welcome text never goes to a contact who has just said STOP.
+    assert fakes.callloop.state.received("/t/") == []
+    assert all(job["status"] != "pending" for job in await jobs_of(second, "trigger"))
+    assert await subscriber_status(db_engine, contact) == "opted_out"
+
+
+async def test_an_add_that_fails_after_a_stop_is_not_retried(
+    make_api: ApiFactory, fakes: Fakes
+) -> None:
+    contact = "+15555550410"
+    stop_taken = threading.Event()
+    fakes.callloop.state.then(Scripted(500, text="busy", hold=stop_taken, hold_timeout=10.0))
+    first = await make_api(delivery_backoff_base_seconds=0.05)
+    await first.webhook(opt_in_payload(contact=contact))
+    await wait_until(lambda: len(fakes.callloop.state.received("/r/")) == 1)
+
+    second = await make_api(delivery_backoff_base_seconds=0.05)
+    assert (await second.webhook(inbound(contact, "STOP"))).json()["status"] == "opted_out"
+    stop_taken.set()  # the held add now fails, after the STOP was stored
+    await wait_until(lambda: len(fakes.callloop.state.received("/s/")) == 1)
+    await wait_until(lambda: _all_sent(second))
+
+    [add] = await jobs_of(second, "subscribe")
+    assert add["status"] == "cancelled"  # not rescheduled to be sent after the /s/
+    assert len(fakes.callloop.state.received("/r/")) == 1
+
+
+async def test_retrying_dead_jobs_never_re_adds_a_contact_who_opted_out(
+    api: Api, fakes: Fakes
+) -> None:
+    contact = "+15555550411"
+    fakes.callloop.state.then(Scripted(404, text="no such group"))
+    await api.webhook(opt_in_payload(contact=contact))
+    [dead] = await wait_until(lambda: jobs_of(api, "subscribe", "dead"))
+    assert (await api.webhook(inbound(contact, "STOP"))).json()["status"] == "opted_out"
+
+    single = await api.admin_post(f"/v1/deliveries/{dead['id']}/retry")
+    assert single.status_code == 409
+    assert (await api.admin_post("/v1/deliveries/retry-dead")).json() == {"retried": 0}
+    [add] = await jobs_of(api, "subscribe")
+    assert add["status"] == "cancelled"
+    assert len(fakes.callloop.state.received("/r/")) == 1

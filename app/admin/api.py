@@ -169,7 +169,12 @@ async def retry_delivery(job_id: RowId, services: ServicesDep) -> RetryResult:
     async with services.engine.begin() as conn:
         retried = await outbox.retry_jobs(conn, [job_id])
     if not retried:
-        raise ServiceError(409, "not_dead", f"job {job_id} does not exist or is not dead")
+        raise ServiceError(
+            409,
+            "not_dead",
+            f"job {job_id} does not exist or is not dead (a dead add of a contact who has "
+            "opted out since is cancelled instead)",
+        )
     services.wake_worker()
     return RetryResult(retried=retried)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import table_of, utcnow
@@ -35,10 +35,44 @@ class ClaimedJob:
     route_key: str | None
 
 
+ADD_KINDS = ("subscribe", "trigger")
+_other = jobs.alias("other_job")
+# An add (or its welcome trigger) of the same subscriber is being sent right now.
+_ADD_IN_FLIGHT = (
+    select(_other.c.id)
+    .where(
+        _other.c.subscriber_id == jobs.c.subscriber_id,
+        _other.c.kind.in_(ADD_KINDS),
+        _other.c.status == "in_progress",
+    )
+    .exists()
+)
+# The subscriber opted out (or was erased) since the add was queued.
+_NO_LONGER_SUBSCRIBED = (
+    select(subscribers.c.id)
+    .where(subscribers.c.id == jobs.c.subscriber_id, subscribers.c.status != "active")
+    .exists()
+)
+
+
 def _due(now: datetime) -> Any:
-    return or_(
-        and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now),
-        and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now),
+    """Due now; an opt-out waits while an add of its subscriber is in flight, so the `/s/`
+    always reaches Call Loop after the add it undoes (whichever worker sends each)."""
+    return and_(
+        or_(
+            and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now),
+            and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now),
+        ),
+        or_(jobs.c.kind != "opt_out", not_(_ADD_IN_FLIGHT)),
+    )
+
+
+def _retry_status() -> Any:
+    """`pending` again, except an add whose contact opted out meanwhile: that one is
+    `cancelled` (the STOP cancelled the pending adds, but this one was in flight then)."""
+    return case(
+        (and_(jobs.c.kind.in_(ADD_KINDS), _NO_LONGER_SUBSCRIBED), "cancelled"),
+        else_="pending",
     )
 
 
@@ -127,7 +161,7 @@ async def mark_done(
             .where(jobs.c.id == job.id, jobs.c.subscriber_id.in_(erased))
             .values(payload={})
         )
-    if job.kind == "subscribe" and job.follow_up_url:
+    if job.kind == "subscribe" and job.follow_up_url and await _still_subscribed(conn, job):
         # The welcome trigger goes out only after the group add succeeded.
         await conn.execute(
             insert(jobs).values(
@@ -144,6 +178,16 @@ async def mark_done(
             )
         )
     return True
+
+
+async def _still_subscribed(conn: AsyncConnection, job: ClaimedJob) -> bool:
+    """No welcome text after a STOP that came while the add was in flight. On PostgreSQL the
+    subscriber row is locked, so a concurrent STOP either comes first (and is seen here) or
+    comes after this commit (and cancels the trigger queued here)."""
+    query = select(subscribers.c.status).where(subscribers.c.id == job.subscriber_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.execute(query)).scalar() == "active"
 
 
 async def mark_failed(
@@ -167,9 +211,14 @@ async def mark_failed(
     if retry_in is None:
         values.update(status="dead", completed_at=now)
     else:
-        values.update(status="pending", next_attempt_at=now + timedelta(seconds=retry_in))
-    await conn.execute(update(jobs).where(_ours(job.id, worker_id)).values(**values))
-    return str(values["status"])
+        values.update(status=_retry_status(), next_attempt_at=now + timedelta(seconds=retry_in))
+    result = await conn.execute(
+        update(jobs).where(_ours(job.id, worker_id)).values(**values).returning(jobs.c.status)
+    )
+    status = result.scalar()
+    if status is None:  # the lease was lost: the job is someone else's now
+        return "dead" if retry_in is None else "pending"
+    return str(status)
 
 
 async def release(conn: AsyncConnection, worker_id: str) -> int:
@@ -179,7 +228,7 @@ async def release(conn: AsyncConnection, worker_id: str) -> int:
         update(jobs)
         .where(jobs.c.status == "in_progress", jobs.c.lease_owner == worker_id)
         .values(
-            status="pending",
+            status=_retry_status(),
             lease_owner=None,
             lease_expires_at=None,
             next_attempt_at=now,
@@ -191,11 +240,19 @@ async def release(conn: AsyncConnection, worker_id: str) -> int:
 
 
 async def retry_jobs(conn: AsyncConnection, job_ids: list[int] | None = None) -> int:
-    """Dead jobs (all, or the ones named) are pending again with a fresh attempt budget."""
+    """Dead jobs (all, or the ones named) are pending again with a fresh attempt budget.
+
+    A dead add of a contact who has opted out since is cancelled instead: a retry must not
+    put them back on a list. Returns how many jobs are pending again."""
     now = utcnow()
     query = update(jobs).where(jobs.c.status == "dead")
     if job_ids is not None:
         query = query.where(jobs.c.id.in_(job_ids))
+    await conn.execute(
+        query.where(jobs.c.kind.in_(ADD_KINDS), _NO_LONGER_SUBSCRIBED).values(
+            status="cancelled", last_error="the contact opted out", updated_at=now
+        )
+    )
     result = await conn.execute(
         query.values(
             status="pending",

@@ -201,7 +201,7 @@ class DeliveryWorker:
                 retry_in=retry_in,
             )
         )
-        DELIVERIES.labels(job.kind, "retry" if status == "pending" else "dead").inc()
+        DELIVERIES.labels(job.kind, {"pending": "retry"}.get(status, status)).inc()
         log.warning(
             "delivery failed",
             extra={
