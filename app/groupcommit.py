@@ -34,12 +34,43 @@ T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[Any]]
 
 
-class _Item:
-    __slots__ = ("future", "work")
+BatchWork = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
-    def __init__(self, work: Work, future: asyncio.Future[Any]) -> None:
-        self.work = work
+
+class _Item:
+    """One unit: `work(conn)`, or `argument` for a `batch_work(conn, arguments)` shared by
+    every unit of the batch that names the same `batch_work`."""
+
+    __slots__ = ("argument", "batch_work", "future", "work")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        work: Work | None = None,
+        batch_work: BatchWork | None = None,
+        argument: Any = None,
+    ) -> None:
         self.future = future
+        self.work = work
+        self.batch_work = batch_work
+        self.argument = argument
+
+
+async def _run_units(conn: AsyncConnection, units: list[_Item]) -> list[Any]:
+    """Each unit's result, in order; units of one `batch_work` are run by a single call."""
+    results: list[Any] = [None] * len(units)
+    groups: dict[BatchWork, list[int]] = {}
+    for index, unit in enumerate(units):
+        if unit.batch_work is not None:
+            groups.setdefault(unit.batch_work, []).append(index)
+        else:
+            assert unit.work is not None
+            results[index] = await unit.work(conn)
+    for batch_work, indexes in groups.items():
+        values = await batch_work(conn, [units[index].argument for index in indexes])
+        for index, value in zip(indexes, values, strict=True):
+            results[index] = value
+    return results
 
 
 class _Outcome:
@@ -130,7 +161,17 @@ class GroupCommitter:
         if not self._tasks:
             self.start()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(work, future))
+        self._queue.put_nowait(_Item(future, work=work))
+        return await future
+
+    async def run_batched(self, batch_work: BatchWork, argument: Any) -> Any:
+        """Like `run`, for work that is cheaper per unit when done for many at once: the units
+        of a batch that name the same `batch_work` go to one `batch_work(conn, arguments)`,
+        which returns one result per argument, in order."""
+        if not self._tasks:
+            self.start()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(future, batch_work=batch_work, argument=argument))
         return await future
 
     async def _run(self) -> None:
@@ -210,7 +251,7 @@ class GroupCommitter:
             return [_Outcome(error=exc) for _ in live]
         try:
             facade = cast(AsyncConnection, _SyncConnection(connection))
-            values = [_drive(item.work(facade)) for item in live]
+            values = _drive(_run_units(facade, live))
         except Exception as exc:
             await self._in_thread(self._finish, connection, False)
             if len(live) == 1:
@@ -230,7 +271,7 @@ class GroupCommitter:
     async def _commit_async(self, live: list[_Item]) -> list[_Outcome]:
         try:
             async with self.engine.begin() as conn:
-                values = [await item.work(conn) for item in live]
+                values = await _run_units(conn, live)
         except Exception as exc:
             if len(live) == 1:
                 return [_Outcome(error=exc)]

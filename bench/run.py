@@ -4,7 +4,8 @@ For each database: start the real service (`optin-backend serve`, one uvicorn wo
 worker in-process) on a private database, then measure with wrk from another process:
   /healthz (the baseline), the fake LoopMessage called directly (the link baseline),
   POST /v1/opt-in-links, POST /v1/webhooks/loopmessage (unique webhooks, every acknowledged
-  id written down by wrk and checked against the database afterwards), then the delivery
+  id written down by wrk and checked against the database afterwards), in interleaved rounds
+  so each ratio's two sides see the same machine; then the delivery
   latency webhook-200 -> Call Loop fake receipt, and the service's peak RSS (VmHWM).
 Only ratios measured in the same run are compared with the targets: the machine is shared.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,10 @@ from app.migrate import upgrade_head  # noqa: E402
 from app.models import DeliveryJob, OptIn  # noqa: E402
 from tests.fakes.servers import free_port  # noqa: E402
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "12"))  # per figure, over all rounds
+# Each figure is measured in rounds, interleaved with the figure it is compared with, so a
+# slow spell on the shared machine weighs on both sides of a ratio alike.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 THREADS = 2
 POSTGRES_SERVER = os.environ.get(
@@ -93,7 +98,8 @@ acked_n = 0
 function request()
   counter = counter + 1
   local wid = string.format("%(run)s-%%d-%%d", tid, counter)
-  local phone = string.format("+1%%03d55%%05d", 201 + tid * 10 + math.floor(counter / 100000),
+  local phone = string.format("+1%%03d55%%05d",
+                              201 + %(round)d * 100 + tid * 10 + math.floor(counter / 100000),
                               counter %% 100000)
   local body = '{"contact":"' .. phone .. '","event":"message_inbound","type":"opt_in",'
     .. '"language":{"code":"en","name":"English"},"message_id":"m-' .. wid .. '",'
@@ -126,6 +132,19 @@ class Load:
     acked: int = 0
 
 
+def combined(loads: list[Load]) -> Load:
+    """Several rounds of one figure: requests over total time; the median round's p50/p99."""
+    seconds = sum(load.requests / load.rps for load in loads)
+    return Load(
+        rps=sum(load.requests for load in loads) / seconds,
+        p50_ms=statistics.median(load.p50_ms for load in loads),
+        p99_ms=statistics.median(load.p99_ms for load in loads),
+        requests=sum(load.requests for load in loads),
+        failures=sum(load.failures for load in loads),
+        acked=sum(load.acked for load in loads),
+    )
+
+
 @dataclass
 class DbResult:
     database: str
@@ -138,6 +157,7 @@ class DbResult:
     acked_missing: int = 0
     stored: int = 0
     notes: list[str] = field(default_factory=list)
+    round_ratios: dict[str, list[float]] = field(default_factory=dict)
 
 
 def lua_string(value: str) -> str:
@@ -335,9 +355,6 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
         print(f"[{kind}] service pid {service.pid} on {base}", flush=True)
 
         run_wrk(f"{base}/healthz", static_script("GET", ""), workdir, seconds=2)  # warm-up
-        result.healthz = run_wrk(f"{base}/healthz", static_script("GET", ""), workdir)
-        print(f"[{kind}] healthz {result.healthz.rps:.0f} rps", flush=True)
-
         upstream_body = json.dumps(
             {
                 "body": "Yes, send me text updates! [opt-in-code]",
@@ -346,28 +363,65 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
                 "optin_ref": "lr_bench",
             }
         )
-        result.upstream = run_wrk(
-            f"{loop_url}/api/v1/opt-in/generate-url/",
-            static_script("POST", upstream_body, {"Authorization": LOOP_KEY}),
-            workdir,
-        )
-        print(f"[{kind}] upstream direct {result.upstream.rps:.0f} rps", flush=True)
         link_body = json.dumps({"click_id": "clk-bench", "utm_source": "bench"})
-        result.link = run_wrk(
-            f"{base}/v1/opt-in-links",
-            static_script("POST", link_body, {"User-Agent": "Mozilla/5.0 (iPhone) bench"}),
-            workdir,
-        )
-        print(f"[{kind}] link {result.link.rps:.0f} rps", flush=True)
-
         acked_dir = workdir / f"acked-{kind}"
         acked_dir.mkdir()
-        script = WEBHOOK_LUA % {"run": run, "secret": SECRET, "acked_dir": str(acked_dir)}
-        result.webhook = run_wrk(f"{base}/v1/webhooks/loopmessage", script, workdir)
-        print(f"[{kind}] webhook {result.webhook.rps:.0f} rps", flush=True)
+        seconds = SECONDS / ROUNDS
+        rounds: dict[str, list[Load]] = {"healthz": [], "upstream": [], "link": [], "webhook": []}
+        for number in range(ROUNDS):
+            rounds["upstream"].append(
+                run_wrk(
+                    f"{loop_url}/api/v1/opt-in/generate-url/",
+                    static_script("POST", upstream_body, {"Authorization": LOOP_KEY}),
+                    workdir,
+                    seconds,
+                )
+            )
+            rounds["link"].append(
+                run_wrk(
+                    f"{base}/v1/opt-in-links",
+                    static_script("POST", link_body, {"User-Agent": "Mozilla/5.0 (iPhone) bench"}),
+                    workdir,
+                    seconds,
+                )
+            )
+            rounds["healthz"].append(
+                run_wrk(f"{base}/healthz", static_script("GET", ""), workdir, seconds)
+            )
+            round_dir = acked_dir / f"round-{number}"
+            round_dir.mkdir()
+            script = WEBHOOK_LUA % {
+                "run": f"{run}r{number}",
+                "round": number,
+                "secret": SECRET,
+                "acked_dir": str(round_dir),
+            }
+            rounds["webhook"].append(
+                run_wrk(f"{base}/v1/webhooks/loopmessage", script, workdir, seconds)
+            )
+            # The next round starts with the delivery backlog of this one sent.
+            if not wait_drained(db_url, 120):
+                result.notes.append(f"round {number}: the delivery backlog was not drained")
+            print(
+                f"[{kind}] round {number + 1}/{ROUNDS}: "
+                + ", ".join(f"{name} {loads[-1].rps:.0f} rps" for name, loads in rounds.items()),
+                flush=True,
+            )
+        result.healthz = combined(rounds["healthz"])
+        result.upstream = combined(rounds["upstream"])
+        result.link = combined(rounds["link"])
+        result.webhook = combined(rounds["webhook"])
+        result.round_ratios = {
+            "webhook/healthz": [
+                w.rps / h.rps for w, h in zip(rounds["webhook"], rounds["healthz"], strict=True)
+            ],
+            "link/upstream": [
+                lk.rps / up.rps for lk, up in zip(rounds["link"], rounds["upstream"], strict=True)
+            ],
+        }
 
         acked = set()
-        for path in acked_dir.glob("acked-*.txt"):
+        for path in acked_dir.glob("round-*/acked-*.txt"):
             acked.update(line for line in path.read_text().splitlines() if line)
         stored = asyncio.run(stored_webhook_ids(db_url))
         result.stored = len(stored)
@@ -377,8 +431,6 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
                 f"wrk counted {result.webhook.acked} acknowledgements but wrote {len(acked)} ids"
             )
 
-        if not wait_drained(db_url, 120):
-            result.notes.append("the delivery backlog was not drained within 120 s")
         result.delivery_ms = measure_delivery(base, callloop_url, run)
         if len(result.delivery_ms) < DELIVERY_SAMPLES:
             result.notes.append(
@@ -508,10 +560,16 @@ def main() -> int:
         fakes.send_signal(signal.SIGTERM)
         fakes.wait(10)
     rendered, all_ok = table(results)
-    notes = [f"- {r.database}: {note}" for r in results for note in r.notes]
+    notes = [
+        f"- {r.database}: {name} per round: " + ", ".join(f"{value:.2f}" for value in values)
+        for r in results
+        for name, values in r.round_ratios.items()
+    ]
+    notes += [f"- {r.database}: {note}" for r in results for note in r.notes]
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {os.cpu_count()} cores, "
-        f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS:g}s per figure, "
+        f"{ROUNDS} interleaved rounds of wrk -t{THREADS} -c{CONNECTIONS} "
+        f"-d{SECONDS / ROUNDS:g}s per figure (rps over all rounds, p50/p99 of the median round), "
         "one uvicorn worker with the delivery worker in-process, fakes on loopback. "
         "Delivery latency: "
         f"{DELIVERY_SAMPLES} webhooks sent one at a time after the load backlog drained."

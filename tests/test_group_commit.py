@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.db import utcnow
 from app.groupcommit import GroupCommitter
 from app.models import DeliveryJob, Erasure, OptIn, Subscriber
-from tests.conftest import Api, Fakes, opt_in_payload, wait_until
+from tests.conftest import Api, ApiFactory, Fakes, opt_in_payload, wait_until
 
 
 async def count(engine: AsyncEngine, model: object, *where: object) -> int:
@@ -134,3 +134,58 @@ async def test_every_caller_gets_its_own_result(db_engine: AsyncEngine, units: i
         await committer.stop()
     assert results == list(range(units))
     assert committer.items == units
+
+
+async def test_a_batch_mixing_every_kind_of_webhook_stores_each_as_if_alone(
+    make_api: ApiFactory, db_engine: AsyncEngine
+) -> None:
+    api = await make_api(run_worker=False)
+    known, leaving = "+15555550601", "+15555550602"
+    for contact in (known, leaving):
+        assert (await api.webhook(opt_in_payload(contact=contact))).status_code == 200
+    retried = opt_in_payload(contact="+15555550603")
+    assert (await api.webhook(retried)).json()["status"] == "stored"
+    link = await api.client.post("/v1/opt-in-links", json={"click_id": "clk-batch"})
+    ref = link.json()["ref"]
+
+    new_contacts = [opt_in_payload(contact=f"+1555556{n:04d}", utm_source="ad") for n in range(20)]
+    with_ref = opt_in_payload(contact="+15555550604", click_id="clk-batch", optin_ref=ref)
+    by_email = opt_in_payload(contact="someone@example.com")
+    stop = {
+        "event": "message_inbound",
+        "webhook_id": "stop-mixed",
+        "contact": leaving,
+        "text": "STOP",
+        "message_id": "m-stop-mixed",
+    }
+    twice = opt_in_payload(contact="+15555550605")
+    batch = [
+        *new_contacts,
+        with_ref,
+        by_email,
+        opt_in_payload(contact=known),
+        stop,
+        retried,
+        twice,
+        opt_in_payload(contact="+15555550605"),
+    ]
+    responses = await asyncio.gather(*(api.webhook(payload) for payload in batch))
+
+    assert [r.status_code for r in responses] == [200] * len(batch)
+    statuses = [r.json()["status"] for r in responses]
+    assert statuses == ["stored"] * 23 + ["opted_out", "duplicate", "stored", "stored"]
+    listing = (await api.admin_get("/v1/opt-ins", limit=100)).json()
+    by_webhook = {item["webhook_id"]: item for item in listing["items"]}
+    assert listing["total"] == 3 + 20 + 3 + 2
+    assert by_webhook[with_ref["webhook_id"]]["consent_evidence"] == "link_request"
+    assert by_webhook[with_ref["webhook_id"]]["click_id"] == "clk-batch"
+    assert by_webhook[new_contacts[0]["webhook_id"]]["utm_source"] == "ad"
+    assert by_webhook[new_contacts[0]["webhook_id"]]["consent_evidence"] == "webhook_only"
+    # One add per contact and group: the known contact and the second "twice" add nothing.
+    jobs = await api.deliveries()
+    subscribe = [job for job in jobs if job["kind"] == "subscribe"]
+    assert sorted(job["status"] for job in subscribe).count("skipped") == 1  # the email
+    # Pending: the 20 new ones, with_ref, twice, known's first add; leaving's add was cancelled.
+    assert sorted(job["status"] for job in subscribe).count("pending") == 20 + 1 + 1 + 2
+    assert [job["status"] for job in jobs if job["kind"] == "opt_out"] == ["pending"]
+    assert await count(db_engine, Subscriber) == 3 + 20 + 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +45,68 @@ def callloop_variables(
     return variables
 
 
+@dataclass(frozen=True)
+class PlannedAdd:
+    """What an opt-in queues: the job row, and the membership row when there is a group."""
+
+    job: dict[str, Any]
+    membership: dict[str, Any] | None
+
+
+def plan_subscribe(
+    settings: Settings,
+    *,
+    subscriber_id: int,
+    opt_in_id: int,
+    contact: str,
+    params: dict[str, Any],
+    route: CallLoopRoute | None,
+    now: datetime,
+) -> PlannedAdd:
+    """The rows for this opt-in's Call Loop group add: a pending job and its membership, or a
+    `skipped` job (reason kept) when there is no group or the contact is not a phone number."""
+    base: dict[str, Any] = {
+        "kind": "subscribe",
+        "subscriber_id": subscriber_id,
+        "opt_in_id": opt_in_id,
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+        "attempts": 0,
+        "route_key": route.key if route else None,
+        "target_url": None,
+        "follow_up_url": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    skipped = {**base, "status": "skipped", "payload": {}, "completed_at": now}
+    if route is None:
+        reason = "no Call Loop route: no matching CALLLOOP_ROUTES entry and no CALLLOOP_GROUP_URL"
+        return PlannedAdd({**skipped, "last_error": reason}, None)
+    try:
+        variables = callloop_variables(settings, contact, params)
+    except NotAPhoneNumber as exc:
+        return PlannedAdd({**skipped, "last_error": str(exc)}, None)
+    job = {
+        **base,
+        "target_url": route.group_url,
+        "follow_up_url": route.trigger_url,
+        "payload": variables,
+        "status": "pending",
+        "completed_at": None,
+        "last_error": None,
+    }
+    membership = {
+        "subscriber_id": subscriber_id,
+        "group_hash": group_hash(route.group_url),
+        "group_url": route.group_url,
+        "route_key": route.key,
+        "status": "active",
+        "joined_at": now,
+    }
+    return PlannedAdd(job, membership)
+
+
 async def enqueue_subscribe(
     conn: AsyncConnection,
     settings: Settings,
@@ -59,60 +122,29 @@ async def enqueue_subscribe(
 
     Returns what happened: `queued`, `already_member`, or `skipped` (reason kept on a job row).
     """
-    base: dict[str, Any] = {
-        "kind": "subscribe",
-        "subscriber_id": subscriber_id,
-        "opt_in_id": opt_in_id,
-        "created_at": now,
-        "updated_at": now,
-        "next_attempt_at": now,
-        "attempts": 0,
-    }
-    if route is None:
-        await conn.execute(
-            insert(jobs).values(
-                **base,
-                status="skipped",
-                payload={},
-                last_error="no Call Loop route: no matching CALLLOOP_ROUTES entry and no "
-                "CALLLOOP_GROUP_URL",
-                completed_at=now,
-            )
-        )
+    planned = plan_subscribe(
+        settings,
+        subscriber_id=subscriber_id,
+        opt_in_id=opt_in_id,
+        contact=contact,
+        params=params,
+        route=route,
+        now=now,
+    )
+    if planned.membership is None:
+        await conn.execute(INSERT_JOB, planned.job)
         return "skipped"
-    try:
-        variables = callloop_variables(settings, contact, params)
-    except NotAPhoneNumber as exc:
-        await conn.execute(
-            insert(jobs).values(
-                **base,
-                route_key=route.key,
-                status="skipped",
-                payload={},
-                last_error=str(exc),
-                completed_at=now,
-            )
-        )
-        return "skipped"
-
-    hashed = group_hash(route.group_url)
+    assert route is not None
     joined = await conn.execute(
         insert_ignore_returning(conn.dialect.name, memberships, ("subscriber_id", "group_hash")),
-        {
-            "subscriber_id": subscriber_id,
-            "group_hash": hashed,
-            "group_url": route.group_url,
-            "route_key": route.key,
-            "status": "active",
-            "joined_at": now,
-        },
+        planned.membership,
     )
     if joined.first() is None:
         rejoined = await conn.execute(
             update(memberships)
             .where(
                 memberships.c.subscriber_id == subscriber_id,
-                memberships.c.group_hash == hashed,
+                memberships.c.group_hash == planned.membership["group_hash"],
                 memberships.c.status == "opted_out",
             )
             .values(status="active", joined_at=now, left_at=None, group_url=route.group_url)
@@ -121,17 +153,7 @@ async def enqueue_subscribe(
         if rejoined.first() is None:
             return "already_member"
         await cancel_unsent_opt_out(conn, subscriber_id, route.group_url, now)
-    await conn.execute(
-        INSERT_JOB,
-        {
-            **base,
-            "route_key": route.key,
-            "target_url": route.group_url,
-            "follow_up_url": route.trigger_url,
-            "payload": variables,
-            "status": "pending",
-        },
-    )
+    await conn.execute(INSERT_JOB, planned.job)
     return "queued"
 
 

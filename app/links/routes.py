@@ -37,11 +37,13 @@ def visitor_of(request: Request, services: ServicesDep, page_url: str | None = N
 @router.post("/v1/opt-in-links", response_model=OptInLinks, responses=ERRORS)
 async def post_opt_in_link(
     payload: OptInLinkRequest, request: Request, services: ServicesDep
-) -> OptInLinks:
+) -> Response:
     """Create a LoopMessage opt-in link for this visitor, with click_id and UTM attached."""
     visitor = visitor_of(request, services)
     await services.rate_limiter.check(visitor.ip or "unknown")
-    return await create_link(services, payload, visitor)
+    links = await create_link(services, payload, visitor)
+    # Already an OptInLinks: serialized once here rather than validated again by FastAPI.
+    return Response(links.model_dump_json(), media_type="application/json")
 
 
 def _summary(exc: ValidationError) -> str:

@@ -7,15 +7,15 @@ import json
 import logging
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.delivery.jobs import notify_new_jobs
 from app.deps import ServicesDep
 from app.errors import ServiceError, not_configured
 from app.observability import WEBHOOKS
 from app.webhooks.parse import InvalidWebhook, parse_webhook
-from app.webhooks.service import IntakeOutcome, ingest
+from app.webhooks.service import IntakeOutcome, store_live_webhooks
 
 router = APIRouter(tags=["webhooks"])
 log = logging.getLogger("optin.webhooks")
@@ -51,6 +51,11 @@ WEBHOOK_BODY_SCHEMA = {
 }
 
 
+class WebhookAck(BaseModel):
+    status: str = Field(description="stored | duplicate | recorded | opted_out")
+    webhook_id: str
+
+
 def _no_constants(name: str) -> None:
     """NaN and Infinity are not JSON (and PostgreSQL's json type refuses them)."""
     raise ValueError(f"{name} is not valid JSON")
@@ -72,6 +77,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 @router.post(
     "/v1/webhooks/loopmessage",
+    response_model=WebhookAck,
     responses={
         400: {"description": "Malformed JSON"},
         401: {"description": "Missing or wrong Authorization"},
@@ -87,7 +93,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
         }
     },
 )
-async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[str, str]:
+async def loopmessage_webhook(request: Request, services: ServicesDep) -> JSONResponse:
     """Receive a LoopMessage webhook. The 200 is sent only after the row is committed."""
     secrets = services.settings.webhook_secrets
     if not secrets:
@@ -107,15 +113,11 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[s
         WEBHOOKS.labels("unknown", "invalid").inc()
         raise ServiceError(422, "invalid_webhook", str(exc)) from None
 
-    async def store(conn: AsyncConnection) -> IntakeOutcome:
-        outcome = await ingest(conn, services.settings, parsed)
-        if outcome.jobs_queued:
-            await notify_new_jobs(conn)
-        return outcome
-
     try:
         # Answered only after the commit that holds this webhook (shared with its neighbours).
-        outcome = await services.writer.run(store)
+        outcome: IntakeOutcome = await services.writer.run_batched(
+            store_live_webhooks, (services.settings, parsed)
+        )
     except (OperationalError, DBAPIError, OSError) as exc:
         WEBHOOKS.labels(parsed.event, "unavailable").inc()
         log.warning("webhook not stored: database unavailable", extra={"error": type(exc).__name__})
@@ -128,4 +130,4 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> dict[s
     WEBHOOKS.labels(parsed.event, outcome.status).inc()
     if outcome.jobs_queued:
         services.wake_worker()
-    return {"status": outcome.status, "webhook_id": parsed.webhook_id}
+    return JSONResponse({"status": outcome.status, "webhook_id": parsed.webhook_id})

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import insert_ignore, insert_ignore_returning, table_of, utcnow
-from app.delivery.jobs import enqueue_subscribe
+from app.delivery.jobs import (
+    INSERT_JOB,
+    enqueue_subscribe,
+    memberships,
+    notify_new_jobs,
+    plan_subscribe,
+)
 from app.delivery.routing import resolve_route
 from app.models import LinkRequest, OptIn, WebhookEvent
-from app.settings import Settings
+from app.settings import CallLoopRoute, Settings
 from app.subscribers.service import (
     opt_out,
     opted_in_since,
     opted_out_since,
     record_opt_in,
+    subscribers,
     upsert_subscriber,
 )
-from app.webhooks.parse import ParsedWebhook, is_stop_message
+from app.webhooks.parse import UTM_FIELDS, ParsedWebhook, is_stop_message
 
 opt_ins = table_of(OptIn)
 webhook_events = table_of(WebhookEvent)
@@ -41,6 +50,37 @@ async def _link_request_id(conn: AsyncConnection, ref: str | None) -> int | None
     return row.scalar()
 
 
+def route_of(settings: Settings, parsed: ParsedWebhook) -> CallLoopRoute | None:
+    return resolve_route(settings, parsed.params.get("list"), parsed.utm.get("utm_campaign"))
+
+
+def opt_in_values(
+    parsed: ParsedWebhook,
+    subscriber_id: int,
+    link_request_id: int | None,
+    route: CallLoopRoute | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "webhook_id": parsed.webhook_id,
+        "subscriber_id": subscriber_id,
+        "link_request_id": link_request_id,
+        "consent_evidence": "link_request" if link_request_id else "webhook_only",
+        "contact": parsed.contact,
+        "event": parsed.event,
+        "message_id": parsed.message_id,
+        "organization_id": parsed.organization_id,
+        "click_id": parsed.click_id,
+        "params": parsed.params,
+        "language_code": parsed.language_code,
+        "language_name": parsed.language_name,
+        "route_key": route.key if route else None,
+        "raw_payload": parsed.raw,
+        "received_at": now,
+        **{name: parsed.utm.get(name) for name in UTM_FIELDS},
+    }
+
+
 async def store_opt_in(
     conn: AsyncConnection,
     settings: Settings,
@@ -52,27 +92,10 @@ async def store_opt_in(
     opted_in_at = occurred_at or now
     subscriber = await upsert_subscriber(conn, parsed.contact, opted_in_at)
     link_request_id = await _link_request_id(conn, parsed.ref)
-    route = resolve_route(settings, parsed.params.get("list"), parsed.utm.get("utm_campaign"))
+    route = route_of(settings, parsed)
     inserted = await conn.execute(
         insert_ignore_returning(conn.dialect.name, opt_ins, ("webhook_id",)),
-        {
-            "webhook_id": parsed.webhook_id,
-            "subscriber_id": subscriber.id,
-            "link_request_id": link_request_id,
-            "consent_evidence": "link_request" if link_request_id else "webhook_only",
-            "contact": parsed.contact,
-            "event": parsed.event,
-            "message_id": parsed.message_id,
-            "organization_id": parsed.organization_id,
-            "click_id": parsed.click_id,
-            "params": parsed.params,
-            "language_code": parsed.language_code,
-            "language_name": parsed.language_name,
-            "route_key": route.key if route else None,
-            "raw_payload": parsed.raw,
-            "received_at": now,
-            **parsed.utm,
-        },
+        opt_in_values(parsed, subscriber.id, link_request_id, route, now),
     )
     opt_in_id = inserted.scalar()
     if opt_in_id is None:
@@ -142,3 +165,124 @@ async def ingest(
     if parsed.is_opt_in:
         return await store_opt_in(conn, settings, parsed, now, occurred_at)
     return await store_other_event(conn, settings, parsed, now, occurred_at)
+
+
+async def ingest_many(
+    conn: AsyncConnection, settings: Settings, batch: list[ParsedWebhook]
+) -> list[IntakeOutcome]:
+    """`ingest` for a batch of live webhooks (one group commit), in a few multi-row statements.
+
+    The common case, the first opt-in of a contact seen once in the batch, is stored in bulk:
+    one insert each for the subscribers, opt-ins, memberships and jobs. Everything else (other
+    events, a contact already known or seen twice in the batch) goes through `ingest` one by
+    one, after the bulk part; they concern other contacts, so the order between them is free.
+    """
+    now = utcnow()
+    outcomes: list[IntakeOutcome | None] = [None] * len(batch)
+    seen = Counter(parsed.contact for parsed in batch)
+    bulk = [
+        index
+        for index, parsed in enumerate(batch)
+        if parsed.is_opt_in and parsed.contact is not None and seen[parsed.contact] == 1
+    ]
+    if bulk:
+        stored = await _store_new_contacts(conn, settings, [batch[i] for i in bulk], now)
+        for index, outcome in zip(bulk, stored, strict=True):
+            outcomes[index] = outcome
+    for index, parsed in enumerate(batch):
+        if outcomes[index] is None:
+            outcomes[index] = await ingest(conn, settings, parsed)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+async def _store_new_contacts(
+    conn: AsyncConnection, settings: Settings, batch: list[ParsedWebhook], now: datetime
+) -> list[IntakeOutcome | None]:
+    """Opt-ins of distinct contacts: those new to the service are stored here, in bulk; None
+    for the others (already subscribers: left to `ingest`)."""
+    dialect = conn.dialect.name
+    created = await conn.execute(
+        insert_ignore(dialect, subscribers, "contact").returning(
+            subscribers.c.id, subscribers.c.contact
+        ),
+        [
+            {
+                "contact": parsed.contact,
+                "status": "active",
+                "first_opt_in_at": now,
+                "last_opt_in_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for parsed in batch
+        ],
+    )
+    subscriber_ids = {row.contact: row.id for row in created}
+    new = [parsed for parsed in batch if parsed.contact in subscriber_ids]
+    if not new:
+        return [None] * len(batch)
+    refs = {parsed.ref for parsed in new if parsed.ref}
+    link_request_ids: dict[str, int] = {}
+    if refs:
+        found = await conn.execute(
+            select(link_requests.c.ref, link_requests.c.id).where(link_requests.c.ref.in_(refs))
+        )
+        link_request_ids = {row.ref: row.id for row in found}
+    routes = {parsed.webhook_id: route_of(settings, parsed) for parsed in new}
+    inserted = await conn.execute(
+        insert_ignore(dialect, opt_ins, "webhook_id").returning(opt_ins.c.id, opt_ins.c.webhook_id),
+        [
+            opt_in_values(
+                parsed,
+                subscriber_ids[parsed.contact],
+                link_request_ids.get(parsed.ref) if parsed.ref else None,
+                routes[parsed.webhook_id],
+                now,
+            )
+            for parsed in new
+            if parsed.contact is not None
+        ],
+    )
+    opt_in_ids = {row.webhook_id: row.id for row in inserted}
+    plans = {
+        parsed.webhook_id: plan_subscribe(
+            settings,
+            subscriber_id=subscriber_ids[parsed.contact],
+            opt_in_id=opt_in_ids[parsed.webhook_id],
+            contact=parsed.contact,
+            params=parsed.params,
+            route=routes[parsed.webhook_id],
+            now=now,
+        )
+        for parsed in new
+        if parsed.contact is not None and parsed.webhook_id in opt_in_ids
+    }
+    joined = [plan.membership for plan in plans.values() if plan.membership is not None]
+    if joined:
+        await conn.execute(insert(memberships), joined)
+    if plans:
+        await conn.execute(INSERT_JOB, [plan.job for plan in plans.values()])
+    outcomes: list[IntakeOutcome | None] = []
+    for parsed in batch:
+        if parsed.contact not in subscriber_ids:
+            outcomes.append(None)
+        elif parsed.webhook_id not in opt_in_ids:
+            # A webhook stored before for a contact since erased: only the new subscriber row
+            # is kept, as `ingest` would.
+            outcomes.append(IntakeOutcome("duplicate"))
+        else:
+            queued = plans[parsed.webhook_id].membership is not None
+            outcomes.append(IntakeOutcome("stored", opt_in_ids[parsed.webhook_id], queued))
+    return outcomes
+
+
+async def store_live_webhooks(
+    conn: AsyncConnection, units: list[tuple[Settings, ParsedWebhook]]
+) -> list[IntakeOutcome]:
+    """The webhook route's batch for the group commit (`GroupCommitter.run_batched`): every
+    unit of one app's writer carries that app's settings. Listening workers are told once."""
+    settings = units[0][0]
+    outcomes = await ingest_many(conn, settings, [parsed for _, parsed in units])
+    if any(outcome.jobs_queued for outcome in outcomes):
+        await notify_new_jobs(conn)
+    return outcomes
