@@ -55,16 +55,21 @@ _NO_LONGER_SUBSCRIBED = (
 )
 
 
+def _pending_due(now: datetime) -> Any:
+    return and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now)
+
+
+def _lease_expired(now: datetime) -> Any:
+    return and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now)
+
+
+# An opt-out waits while an add of its subscriber is in flight, so the `/s/` always reaches
+# Call Loop after the add it undoes (whichever worker sends each).
+_NOT_BEHIND_AN_ADD = or_(jobs.c.kind != "opt_out", not_(_ADD_IN_FLIGHT))
+
+
 def _due(now: datetime) -> Any:
-    """Due now; an opt-out waits while an add of its subscriber is in flight, so the `/s/`
-    always reaches Call Loop after the add it undoes (whichever worker sends each)."""
-    return and_(
-        or_(
-            and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now),
-            and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now),
-        ),
-        or_(jobs.c.kind != "opt_out", not_(_ADD_IN_FLIGHT)),
-    )
+    return and_(or_(_pending_due(now), _lease_expired(now)), _NOT_BEHIND_AN_ADD)
 
 
 def _retry_status() -> Any:
@@ -83,14 +88,24 @@ async def claim(
     # Two statements in one transaction: lock at most `limit` due rows, then lease exactly
     # those. (An `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` lets
     # PostgreSQL re-run the subquery and lease the whole queue to one worker.)
-    due = await conn.execute(
-        select(jobs.c.id)
-        .where(_due(now))
-        .order_by(jobs.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    due_ids = [row[0] for row in due]
+    # Jobs whose worker died first, then pending ones oldest due first. Two queries, each
+    # read in index order (status, next_attempt_at) and stopped at `limit`: with one OR the
+    # database sorts the whole due backlog on every claim.
+    due_ids: list[int] = []
+    for ready, order in (
+        (_lease_expired(now), jobs.c.lease_expires_at),
+        (_pending_due(now), jobs.c.next_attempt_at),
+    ):
+        if len(due_ids) >= limit:
+            break
+        due = await conn.execute(
+            select(jobs.c.id)
+            .where(ready, _NOT_BEHIND_AN_ADD)
+            .order_by(order)
+            .limit(limit - len(due_ids))
+            .with_for_update(skip_locked=True)
+        )
+        due_ids += [row[0] for row in due]
     if not due_ids:
         return []
     result = await conn.execute(
