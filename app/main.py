@@ -29,6 +29,7 @@ from app.observability import HttpMiddleware, configure_logging
 from app.ratelimit import LinkRateLimiter
 from app.requestlimits import MAX_BODY_BYTES, RequestLimitMiddleware
 from app.settings import Settings, secret_values
+from app.webhooks.endpoint import WebhookEndpoint
 from app.webhooks.routes import MAX_WEBHOOK_BYTES
 from app.webhooks.routes import router as webhooks_router
 
@@ -123,6 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
     )
+    # Just inside HttpMiddleware: the webhook skips the layers a server-to-server POST does
+    # not need (see app/webhooks/endpoint.py).
+    app.add_middleware(WebhookEndpoint)
     app.add_middleware(HttpMiddleware)
     app.include_router(health_router)
     app.include_router(metrics_router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -208,6 +209,32 @@ async def test_webhook_over_256_kb_is_413_and_nothing_is_stored(api: Api) -> Non
     response = await api.webhook(payload)
     assert response.status_code == 413
     assert (await api.admin_get("/v1/opt-ins")).json()["total"] == 0
+
+
+async def test_chunked_webhook_is_read_up_to_256_kb(api: Api) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": WEBHOOK_SECRET}
+    payload = json.dumps(opt_in_payload(contact="+15555550801")).encode()
+
+    async def in_pieces() -> Any:  # no Content-Length
+        for start in range(0, len(payload), 100):
+            yield payload[start : start + 100]
+
+    stored = await api.client.post(WEBHOOK, content=in_pieces(), headers=headers)
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["status"] == "stored"
+
+    async def endless() -> Any:
+        yield payload[:-1]
+        for _ in range(300):
+            yield b" " * 1024
+
+    refused = await api.client.post(WEBHOOK, content=endless(), headers=headers)
+    assert refused.status_code == 413
+    assert refused.json() == {
+        "code": "payload_too_large",
+        "detail": f"the body is over {256 * 1024} bytes",
+    }
+    assert (await api.admin_get("/v1/opt-ins")).json()["total"] == 1
 
 
 @pytest.mark.parametrize(

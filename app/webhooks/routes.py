@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.deps import ServicesDep
+from app.deps import Services, ServicesDep
 from app.errors import ServiceError, not_configured
 from app.observability import WEBHOOKS
 from app.webhooks.parse import InvalidWebhook, parse_webhook
@@ -95,13 +96,29 @@ async def read_limited(request: Request, limit: int) -> bytes:
 )
 async def loopmessage_webhook(request: Request, services: ServicesDep) -> JSONResponse:
     """Receive a LoopMessage webhook. The 200 is sent only after the row is committed."""
+    answer = await receive_webhook(
+        services,
+        request.headers.get("authorization"),
+        lambda: read_limited(request, MAX_WEBHOOK_BYTES),
+    )
+    return JSONResponse(answer)
+
+
+async def receive_webhook(
+    services: Services, authorization: str | None, read_body: Callable[[], Awaitable[bytes]]
+) -> dict[str, str]:
+    """Verify, read, parse and store one webhook; the answer once it is committed.
+
+    Raises ServiceError for every refusal. `read_body` is called only once the
+    Authorization header is verified.
+    """
     secrets = services.settings.webhook_secrets
     if not secrets:
         raise not_configured("LOOP_WEBHOOK_SECRET", "Webhook intake")
-    if not verify_authorization(request.headers.get("authorization"), secrets):
+    if not verify_authorization(authorization, secrets):
         WEBHOOKS.labels("unknown", "unauthorized").inc()
         raise ServiceError(401, "unauthorized", "wrong or missing Authorization header")
-    raw = await read_limited(request, MAX_WEBHOOK_BYTES)
+    raw = await read_body()
     try:
         payload = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
@@ -130,4 +147,4 @@ async def loopmessage_webhook(request: Request, services: ServicesDep) -> JSONRe
     WEBHOOKS.labels(parsed.event, outcome.status).inc()
     if outcome.jobs_queued:
         services.wake_worker()
-    return JSONResponse({"status": outcome.status, "webhook_id": parsed.webhook_id})
+    return {"status": outcome.status, "webhook_id": parsed.webhook_id}
