@@ -3,6 +3,10 @@
 LoopMessage is the test fake (tests/fakes/servers.py). Call Loop is a lean recorder: it keeps
 (phone, receive time) per request and serves them at GET /__bench/receipts, so the benchmark
 can measure webhook-200 -> Call Loop delivery latency.
+
+`fakes.py proxy PORT UPSTREAM` runs instead the reference for the link figure, in a process of
+its own: the least a Python proxy can do (raw ASGI on uvicorn, one aiohttp session, no
+validation, no database, no logging), forwarding each POST body to UPSTREAM and its answer back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import aiohttp
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,5 +80,45 @@ async def main(loop_port: int, callloop_port: int) -> None:
     await asyncio.gather(*(server.serve() for server in servers))
 
 
+def bare_proxy(upstream: str) -> Any:
+    session: aiohttp.ClientSession | None = None
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal session
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if session is None:
+            session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json", "Authorization": "bench"}
+        async with session.post(upstream, data=body, headers=headers) as response:
+            answer = await response.read()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    if sys.argv[1] == "proxy":
+        uvicorn.run(
+            bare_proxy(sys.argv[3]),
+            host="127.0.0.1",
+            port=int(sys.argv[2]),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+    else:
+        asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))

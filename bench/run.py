@@ -151,6 +151,7 @@ class DbResult:
     healthz: Load | None = None
     upstream: Load | None = None
     link: Load | None = None
+    bare_proxy: Load | None = None
     webhook: Load | None = None
     delivery_ms: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
@@ -315,7 +316,9 @@ def measure_delivery(base: str, callloop: str, run: str) -> list[float]:
     return list(latencies.values())
 
 
-def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -> DbResult:
+def bench_database(
+    kind: str, workdir: Path, loop_url: str, callloop_url: str, proxy_url: str
+) -> DbResult:
     result = DbResult(kind)
     run = uuid.uuid4().hex[:8]
     pg_name = f"optin_bench_{run}"
@@ -367,7 +370,13 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
         acked_dir = workdir / f"acked-{kind}"
         acked_dir.mkdir()
         seconds = SECONDS / ROUNDS
-        rounds: dict[str, list[Load]] = {"healthz": [], "upstream": [], "link": [], "webhook": []}
+        rounds: dict[str, list[Load]] = {
+            "healthz": [],
+            "upstream": [],
+            "bare proxy": [],
+            "link": [],
+            "webhook": [],
+        }
         for number in range(ROUNDS):
             rounds["upstream"].append(
                 run_wrk(
@@ -376,6 +385,9 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
                     workdir,
                     seconds,
                 )
+            )
+            rounds["bare proxy"].append(
+                run_wrk(proxy_url, static_script("POST", upstream_body), workdir, seconds)
             )
             rounds["link"].append(
                 run_wrk(
@@ -410,6 +422,7 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
         result.healthz = combined(rounds["healthz"])
         result.upstream = combined(rounds["upstream"])
         result.link = combined(rounds["link"])
+        result.bare_proxy = combined(rounds["bare proxy"])
         result.webhook = combined(rounds["webhook"])
         result.round_ratios = {
             "webhook/healthz": [
@@ -417,6 +430,10 @@ def bench_database(kind: str, workdir: Path, loop_url: str, callloop_url: str) -
             ],
             "link/upstream": [
                 lk.rps / up.rps for lk, up in zip(rounds["link"], rounds["upstream"], strict=True)
+            ],
+            "bare proxy/upstream": [
+                bp.rps / up.rps
+                for bp, up in zip(rounds["bare proxy"], rounds["upstream"], strict=True)
             ],
         }
 
@@ -503,6 +520,16 @@ def table(results: list[DbResult]) -> tuple[str, bool]:
                 link_ratio >= LINK_TARGET and lk.failures == 0,
             )
         )
+        if r.bare_proxy is not None:
+            rows.append(
+                (
+                    "reference: bare Python proxy rps / direct upstream rps",
+                    f"{r.bare_proxy.rps:.0f} / {up.rps:.0f}",
+                    f"{r.bare_proxy.rps / up.rps:.2f}",
+                    "— (the ceiling)",
+                    True,
+                )
+            )
         rows.append(
             (
                 "link p50 / p99 (upstream p50 / p99)",
@@ -550,15 +577,28 @@ def main() -> int:
     )
     loop_url = f"http://127.0.0.1:{loop_port}"
     callloop_url = f"http://127.0.0.1:{callloop_port}"
+    proxy_port = free_port()
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fakes.py"),
+            "proxy",
+            str(proxy_port),
+            f"{loop_url}/api/v1/opt-in/generate-url/",
+        ],
+        cwd=ROOT,
+    )
+    proxy_url = f"http://127.0.0.1:{proxy_port}/"
     results: list[DbResult] = []
     try:
         wait_http(f"{callloop_url}/__bench/receipts")
         wait_http(f"{loop_url}/api/v1/webhooks/history/")
         for kind in kinds:
-            results.append(bench_database(kind, workdir, loop_url, callloop_url))
+            results.append(bench_database(kind, workdir, loop_url, callloop_url, proxy_url))
     finally:
-        fakes.send_signal(signal.SIGTERM)
-        fakes.wait(10)
+        for process in (fakes, proxy):
+            process.send_signal(signal.SIGTERM)
+            process.wait(10)
     rendered, all_ok = table(results)
     notes = [
         f"- {r.database}: {name} per round: " + ", ".join(f"{value:.2f}" for value in values)
