@@ -11,7 +11,7 @@ import math
 import time
 
 from limits import parse
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from app.errors import ServiceError
@@ -24,7 +24,9 @@ class LinkRateLimiter:
         self.limit = parse(limit)
         url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
         self.storage = storage_from_string(url)
-        self.limiter = MovingWindowRateLimiter(self.storage)
+        # A sliding window counter: two counters per client and window, so a hit costs the
+        # same whatever the limit (a moving window keeps, and shifts, one entry per hit).
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
 
     async def check(self, client_key: str) -> None:
         """Raise 429 with Retry-After when this client is over its budget."""
