@@ -37,6 +37,14 @@ async def test_concurrent_webhooks_are_all_stored_once(
     # one subscribe job per new membership: 40 contacts + the repeated one once
     assert await count(db_engine, DeliveryJob, DeliveryJob.kind == "subscribe") == 41
     await wait_until(lambda: len(fakes.callloop.state.received("/r/")) == 41)
+    # Jobs finishing together are recorded together, each one done with Call Loop's status.
+    await wait_until(lambda: _all_done(api, 41))
+    assert {job["last_status_code"] for job in await api.deliveries()} == {200}
+
+
+async def _all_done(api: Api, expected: int) -> bool:
+    jobs = await api.deliveries()
+    return len(jobs) == expected and all(job["status"] == "done" for job in jobs)
 
 
 async def test_duplicate_and_new_webhook_in_one_batch(api: Api, db_engine: AsyncEngine) -> None:

@@ -195,6 +195,44 @@ async def mark_done(
     return True
 
 
+async def mark_done_many(
+    conn: AsyncConnection, finished: list[tuple[ClaimedJob, str, int | None]]
+) -> list[bool]:
+    """`mark_done` for jobs that finished together, as (job, worker id, status code); one
+    result per job, in order. Jobs with nothing to follow (the bulk of a backlog) are recorded
+    with one UPDATE per worker and status code; the others one by one through `mark_done`."""
+    kept: dict[int, bool] = {}
+    plain: dict[tuple[str, int | None], list[int]] = {}
+    for job, worker_id, status_code in finished:
+        if job.kind in UNSUBSCRIBE_KINDS or (job.kind == "subscribe" and job.follow_up_url):
+            kept[job.id] = await mark_done(conn, job, worker_id, status_code)
+        else:
+            plain.setdefault((worker_id, status_code), []).append(job.id)
+    now = utcnow()
+    for (worker_id, status_code), job_ids in plain.items():
+        result = await conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id.in_(job_ids),
+                jobs.c.status == "in_progress",
+                jobs.c.lease_owner == worker_id,
+            )
+            .values(
+                status="done",
+                lease_owner=None,
+                lease_expires_at=None,
+                last_status_code=status_code,
+                last_error=None,
+                completed_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        done = {row[0] for row in result}
+        kept.update({job_id: job_id in done for job_id in job_ids})
+    return [kept[job.id] for job, _, _ in finished]
+
+
 async def _still_subscribed(conn: AsyncConnection, job: ClaimedJob) -> bool:
     """No welcome text after a STOP that came while the add was in flight. On PostgreSQL the
     subscriber row is locked, so a concurrent STOP either comes first (and is seen here) or

@@ -143,9 +143,14 @@ class DeliveryWorker:
                 job, JobFailed(f"internal error: {type(exc).__name__}", transient=True)
             )
             return
-        kept = await self._write(
-            lambda conn: outbox.mark_done(conn, job, self.worker_id, status_code)
-        )
+        if self.writer is not None:  # recorded together with the jobs finishing alongside
+            kept = await self.writer.run_batched(
+                outbox.mark_done_many, (job, self.worker_id, status_code)
+            )
+        else:
+            kept = await self._write(
+                lambda conn: outbox.mark_done(conn, job, self.worker_id, status_code)
+            )
         DELIVERIES.labels(job.kind, "done").inc()
         if not kept:
             log.warning("lease lost before the job was recorded done", extra={"job_id": job.id})
