@@ -27,6 +27,7 @@ INSERT_JOB = insert(jobs)  # executed with a dict of values (built once: the int
 # PostgreSQL channel a standalone worker LISTENs on; the intake NOTIFYs it inside the
 # transaction that queued jobs, so the notification is delivered only once that commit is done.
 JOBS_CHANNEL = "optin_delivery_jobs"
+NOTIFY_JOBS = text("SELECT pg_notify(:channel, '')")
 
 
 def callloop_variables(
@@ -256,4 +257,4 @@ async def notify_new_jobs(conn: AsyncConnection) -> None:
     """Tell listening workers (PostgreSQL NOTIFY, sent at commit) that jobs were queued.
     PostgreSQL folds identical notifications of one transaction into one."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})
+        await conn.execute(NOTIFY_JOBS, {"channel": JOBS_CHANNEL})

@@ -12,8 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, not_, or_, select, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from app.db import table_of, utcnow
 from app.delivery.jobs import UNSUBSCRIBE_KINDS
@@ -55,11 +67,11 @@ _NO_LONGER_SUBSCRIBED = (
 )
 
 
-def _pending_due(now: datetime) -> Any:
+def _pending_due(now: datetime | BindParameter[Any]) -> Any:
     return and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now)
 
 
-def _lease_expired(now: datetime) -> Any:
+def _lease_expired(now: datetime | BindParameter[Any]) -> Any:
     return and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now)
 
 
@@ -68,7 +80,7 @@ def _lease_expired(now: datetime) -> Any:
 _NOT_BEHIND_AN_ADD = or_(jobs.c.kind != "opt_out", not_(_ADD_IN_FLIGHT))
 
 
-def _due(now: datetime) -> Any:
+def _due(now: datetime | BindParameter[Any]) -> Any:
     return and_(or_(_pending_due(now), _lease_expired(now)), _NOT_BEHIND_AN_ADD)
 
 
@@ -79,6 +91,42 @@ def _retry_status() -> Any:
         (and_(jobs.c.kind.in_(ADD_KINDS), _NO_LONGER_SUBSCRIBED), "cancelled"),
         else_="pending",
     )
+
+
+# The claim's statements, built once (the worker claims many times a second under load).
+_NOW = bindparam("now", type_=jobs.c.next_attempt_at.type)
+CLAIM_EXPIRED, CLAIM_PENDING = (
+    select(jobs.c.id)
+    .where(ready, _NOT_BEHIND_AN_ADD)
+    .order_by(order)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+    for ready, order in (
+        (_lease_expired(_NOW), jobs.c.lease_expires_at),
+        (_pending_due(_NOW), jobs.c.next_attempt_at),
+    )
+)
+LEASE = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)), _due(_NOW))
+    .values(
+        status="in_progress",
+        lease_owner=bindparam("worker_id"),
+        lease_expires_at=bindparam("lease_expires_at", type_=jobs.c.lease_expires_at.type),
+        attempts=jobs.c.attempts + 1,
+        updated_at=_NOW,
+    )
+    .returning(
+        jobs.c.id,
+        jobs.c.kind,
+        jobs.c.target_url,
+        jobs.c.follow_up_url,
+        jobs.c.payload,
+        jobs.c.attempts,
+        jobs.c.subscriber_id,
+        jobs.c.route_key,
+    )
+)
 
 
 async def claim(
@@ -92,42 +140,21 @@ async def claim(
     # read in index order (status, next_attempt_at) and stopped at `limit`: with one OR the
     # database sorts the whole due backlog on every claim.
     due_ids: list[int] = []
-    for ready, order in (
-        (_lease_expired(now), jobs.c.lease_expires_at),
-        (_pending_due(now), jobs.c.next_attempt_at),
-    ):
+    for query in (CLAIM_EXPIRED, CLAIM_PENDING):
         if len(due_ids) >= limit:
             break
-        due = await conn.execute(
-            select(jobs.c.id)
-            .where(ready, _NOT_BEHIND_AN_ADD)
-            .order_by(order)
-            .limit(limit - len(due_ids))
-            .with_for_update(skip_locked=True)
-        )
+        due = await conn.execute(query, {"now": now, "limit": limit - len(due_ids)})
         due_ids += [row[0] for row in due]
     if not due_ids:
         return []
     result = await conn.execute(
-        update(jobs)
-        .where(jobs.c.id.in_(due_ids), _due(now))
-        .values(
-            status="in_progress",
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=jobs.c.attempts + 1,
-            updated_at=now,
-        )
-        .returning(
-            jobs.c.id,
-            jobs.c.kind,
-            jobs.c.target_url,
-            jobs.c.follow_up_url,
-            jobs.c.payload,
-            jobs.c.attempts,
-            jobs.c.subscriber_id,
-            jobs.c.route_key,
-        )
+        LEASE,
+        {
+            "ids": due_ids,
+            "now": now,
+            "worker_id": worker_id,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        },
     )
     return [ClaimedJob(**row._mapping) for row in result]
 

@@ -10,7 +10,13 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import insert_ignore, insert_ignore_returning, table_of, utcnow
+from app.db import (
+    insert_ignore,
+    insert_ignore_returning,
+    insert_ignore_returning_keys,
+    table_of,
+    utcnow,
+)
 from app.delivery.jobs import (
     INSERT_JOB,
     enqueue_subscribe,
@@ -202,9 +208,7 @@ async def _store_new_contacts(
     for the others (already subscribers: left to `ingest`)."""
     dialect = conn.dialect.name
     created = await conn.execute(
-        insert_ignore(dialect, subscribers, "contact").returning(
-            subscribers.c.id, subscribers.c.contact
-        ),
+        insert_ignore_returning_keys(dialect, subscribers, "contact", "contact"),
         [
             {
                 "contact": parsed.contact,
@@ -230,7 +234,7 @@ async def _store_new_contacts(
         link_request_ids = {row.ref: row.id for row in found}
     routes = {parsed.webhook_id: route_of(settings, parsed) for parsed in new}
     inserted = await conn.execute(
-        insert_ignore(dialect, opt_ins, "webhook_id").returning(opt_ins.c.id, opt_ins.c.webhook_id),
+        insert_ignore_returning_keys(dialect, opt_ins, "webhook_id", "webhook_id"),
         [
             opt_in_values(
                 parsed,
