@@ -9,12 +9,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.clientip import client_ip
 from app.clients.callloop import CallLoopClient
 from app.clients.loopmessage import LoopMessageClient
 from app.delivery.worker import DeliveryWorker
 from app.errors import ServiceError, not_configured
 from app.groupcommit import GroupCommitter
-from app.ratelimit import LinkRateLimiter
+from app.ratelimit import ClientRateLimiter
 from app.settings import Settings
 
 
@@ -26,7 +27,8 @@ class Services:
     engine: AsyncEngine
     callloop: CallLoopClient
     loopmessage: LoopMessageClient | None
-    rate_limiter: LinkRateLimiter
+    rate_limiter: ClientRateLimiter  # link requests per client IP
+    admin_failures: ClientRateLimiter  # wrong admin tokens per client IP
     # The hot write paths (webhook intake, link requests) commit through here, in batches.
     writer: GroupCommitter
     worker: DeliveryWorker | None = None
@@ -59,12 +61,20 @@ def check_bearer(header: str | None, secret: str) -> bool:
     return hmac.compare_digest(token.encode(), secret.encode())
 
 
-def require_admin(request: Request, services: ServicesDep) -> None:
-    """Bearer ADMIN_TOKEN, compared in constant time; unset token disables the admin API."""
+def client_key(request: Request, services: Services) -> str:
+    return client_ip(request, services.settings.trusted_proxies) or "unknown"
+
+
+async def require_admin(request: Request, services: ServicesDep) -> None:
+    """Bearer ADMIN_TOKEN, compared in constant time; unset token disables the admin API.
+    An address that sent RATE_LIMIT_ADMIN_FAILURES wrong tokens gets 429 for a while."""
     token = services.settings.admin_token
     if token is None:
         raise not_configured("ADMIN_TOKEN", "The admin API")
+    client = client_key(request, services)
+    await services.admin_failures.refuse_if_exhausted(client)
     if not check_bearer(request.headers.get("authorization"), token.get_secret_value()):
+        await services.admin_failures.record(client)
         raise ServiceError(
             401,
             "unauthorized",

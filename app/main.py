@@ -27,7 +27,7 @@ from app.health import router as health_router
 from app.links.routes import router as links_router
 from app.metrics import router as metrics_router
 from app.observability import HttpMiddleware, configure_logging
-from app.ratelimit import LinkRateLimiter
+from app.ratelimit import ClientRateLimiter
 from app.requestlimits import MAX_BODY_BYTES, RequestLimitMiddleware
 from app.settings import Settings, secret_values
 from app.webhooks.endpoint import WebhookEndpoint
@@ -62,7 +62,15 @@ def build_services(settings: Settings) -> Services:
         engine=engine,
         callloop=CallLoopClient(settings.callloop_method, settings.callloop_timeout_seconds),
         loopmessage=loopmessage,
-        rate_limiter=LinkRateLimiter(settings.rate_limit_links, settings.rate_limit_storage_url),
+        rate_limiter=ClientRateLimiter(
+            settings.rate_limit_links, settings.rate_limit_storage_url, "links", "link requests"
+        ),
+        admin_failures=ClientRateLimiter(
+            settings.rate_limit_admin_failures,
+            settings.rate_limit_storage_url,
+            "admin-failures",
+            "wrong admin tokens",
+        ),
         writer=GroupCommitter(engine),
         migration_head=migration_head(),
     )

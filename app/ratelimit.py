@@ -1,7 +1,8 @@
-"""Per-client-IP rate limit for the public link endpoints (`limits`' native async API).
+"""Per-client-IP rate limits (`limits`' native async API): link requests, and wrong admin tokens.
 
 In memory by default; shared by every API process through Redis when RATE_LIMIT_STORAGE_URL
-is `redis://…`.
+is `redis://…`. If the storage cannot be reached, requests are let through (with a warning):
+refusing every visitor while Redis is down would stop all sign-ups.
 """
 
 from __future__ import annotations
@@ -19,33 +20,59 @@ from app.errors import ServiceError
 log = logging.getLogger("optin.ratelimit")
 
 
-class LinkRateLimiter:
-    def __init__(self, limit: str, storage_url: str) -> None:
+class ClientRateLimiter:
+    """`limit` per client key within `namespace`; `what` names what is counted in the 429."""
+
+    def __init__(self, limit: str, storage_url: str, namespace: str, what: str) -> None:
         self.limit = parse(limit)
         url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
         self.storage = storage_from_string(url)
         # A sliding window counter: two counters per client and window, so a hit costs the
         # same whatever the limit (a moving window keeps, and shifts, one entry per hit).
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self.namespace = namespace
+        self.what = what
 
     async def check(self, client_key: str) -> None:
-        """Raise 429 with Retry-After when this client is over its budget."""
+        """Count one request; raise 429 with Retry-After when this client is over its budget."""
         try:
-            if await self.limiter.hit(self.limit, "links", client_key):
+            if await self.limiter.hit(self.limit, self.namespace, client_key):
                 return
-        except Exception as exc:  # storage (Redis) unreachable: fail open, loudly
-            # Refusing every visitor while Redis is down would stop all sign-ups; the limit
-            # is abuse protection, and LoopMessage enforces its own quota upstream.
-            log.warning(
-                "rate limit storage unavailable; request allowed",
-                extra={"error": type(exc).__name__},
-            )
+        except Exception as exc:
+            self._storage_down(exc)
             return
-        stats = await self.limiter.get_window_stats(self.limit, "links", client_key)
+        raise await self._refusal(client_key)
+
+    async def refuse_if_exhausted(self, client_key: str) -> None:
+        """Raise 429 when this client has used up its budget, without counting anything."""
+        try:
+            if await self.limiter.test(self.limit, self.namespace, client_key):
+                return
+        except Exception as exc:
+            self._storage_down(exc)
+            return
+        raise await self._refusal(client_key)
+
+    async def record(self, client_key: str) -> None:
+        """Count one event (say, a wrong token) against this client's budget."""
+        try:
+            await self.limiter.hit(self.limit, self.namespace, client_key)
+        except Exception as exc:
+            self._storage_down(exc)
+
+    async def _refusal(self, client_key: str) -> ServiceError:
+        stats = await self.limiter.get_window_stats(self.limit, self.namespace, client_key)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        raise ServiceError(
+        return ServiceError(
             429,
             "rate_limited",
-            f"too many link requests from this address; try again in {retry_after} s",
+            f"too many {self.what} from this address; try again in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
+        )
+
+    def _storage_down(self, exc: Exception) -> None:
+        # The limits are abuse protection, and LoopMessage enforces its own quota upstream.
+        log.warning(
+            "rate limit storage unavailable; request allowed",
+            extra={"error": type(exc).__name__, "limit": self.namespace},
         )

@@ -7,7 +7,7 @@ import json
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.redaction import mask_url
@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit_links: str = "30/minute"
     rate_limit_storage_url: str = "memory://"
+    # Wrong admin tokens (admin API and console sign-in) per client IP, before a 429
+    rate_limit_admin_failures: str = "10/minute"
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Admin
@@ -163,15 +165,16 @@ class Settings(BaseSettings):
     def _strip_slash(cls, url: str) -> str:
         return url.rstrip("/")
 
-    @field_validator("rate_limit_links")
+    @field_validator("rate_limit_links", "rate_limit_admin_failures")
     @classmethod
-    def _rate_limit(cls, value: str) -> str:
+    def _rate_limit(cls, value: str, info: ValidationInfo) -> str:
         from limits import parse
 
         try:
             parse(value)
         except ValueError as exc:
-            raise ValueError(f"RATE_LIMIT_LINKS: {value!r} is not a limit like 30/minute") from exc
+            name = str(info.field_name).upper()
+            raise ValueError(f"{name}: {value!r} is not a limit like 30/minute") from exc
         return value
 
     @field_validator(

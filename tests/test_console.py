@@ -127,6 +127,25 @@ async def test_wrong_token_shows_an_error_and_no_data(api: Api) -> None:
     assert "spring-secret-campaign" in overview.text
 
 
+async def test_guessing_the_token_is_slowed_down(make_api: ApiFactory) -> None:
+    api = await make_api(rate_limit_admin_failures="3/minute")
+    for _ in range(2):
+        assert (await sign_in(api.client, "guess")).status_code == 401
+    # The admin API's wrong tokens count against the same budget.
+    wrong_bearer = await api.client.get("/v1/deliveries", headers={"Authorization": "Bearer guess"})
+    assert wrong_bearer.status_code == 401
+
+    refused = await sign_in(api.client)  # the right token, but too late
+    assert refused.status_code == 429
+    assert "Too many wrong tokens" in refused.text
+    assert int(refused.headers["retry-after"]) > 0
+    assert "optin_console=" not in refused.headers.get("set-cookie", "")
+    api_refused = await api.admin_get("/v1/deliveries")
+    assert api_refused.status_code == 429
+    assert api_refused.json()["code"] == "rate_limited"
+    assert int(api_refused.headers["retry-after"]) > 0
+
+
 async def test_session_cookie_is_secure_over_https(api: Api) -> None:
     transport = httpx.ASGITransport(app=api.app)
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:

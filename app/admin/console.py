@@ -29,7 +29,8 @@ from app.admin.session import (
 from app.clientip import came_over_https
 from app.db import utcnow
 from app.delivery import outbox
-from app.deps import Services, ServicesDep
+from app.deps import Services, ServicesDep, client_key
+from app.errors import ServiceError
 from app.health import readiness
 from app.redaction import mask_contact
 from app.subscribers.service import erase_subscriber, opt_out
@@ -170,7 +171,18 @@ async def post_login(
         return login_page(
             request, services, "The sign-in form expired. Please enter the token again.", 403
         )
+    client = client_key(request, services)
+    try:
+        await services.admin_failures.refuse_if_exhausted(client)
+    except ServiceError as refused:
+        wait = (refused.headers or {}).get("Retry-After", "60")
+        page = login_page(
+            request, services, f"Too many wrong tokens. Please wait {wait} s and try again.", 429
+        )
+        page.headers["Retry-After"] = wait
+        return page
     if not token_matches(token, expected):
+        await services.admin_failures.record(client)
         return login_page(request, services, "That token is not right. Please try again.", 401)
     response = redirect("/admin")
     start_session(response, expected, secure=https(request, services))
