@@ -33,6 +33,7 @@ router = APIRouter(
     dependencies=[AdminDep],
     responses={
         401: {"description": "Missing or wrong bearer token"},
+        429: {"description": "Too many wrong tokens from this address; see Retry-After"},
         503: {"description": "ADMIN_TOKEN unset"},
     },
 )

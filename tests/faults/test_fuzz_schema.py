@@ -73,7 +73,14 @@ def fuzz(raw_schema: dict[str, Any], base_url: str) -> list[str]:
 async def test_schema_fuzzing_finds_no_5xx_and_no_schema_drift(
     pg_url: str, fakes: Fakes, procs: Processes
 ) -> None:
-    api = await procs.api(service_env(pg_url, fakes, rate_limit_links="100000/minute"))
+    api = await procs.api(
+        service_env(
+            pg_url,
+            fakes,
+            rate_limit_links="100000/minute",
+            rate_limit_admin_failures="100000/minute",
+        )
+    )
     async with httpx.AsyncClient() as client:
         raw_schema = (await client.get(f"{api.url}/openapi.json")).json()
     failures = await asyncio.to_thread(fuzz, raw_schema, api.url)
