@@ -23,9 +23,18 @@ WEBHOOK_PATH = "/v1/webhooks/loopmessage"
 
 
 class _Route:
-    """What `HttpMiddleware` reads from `scope["route"]` to label metrics."""
+    """Stands in for the route in `scope["route"]` (metrics label it by `path`) if the app
+    has no FastAPI route for the webhook."""
 
     path = WEBHOOK_PATH
+
+
+def _documented_route(app: Any) -> Any:
+    """The app's own route for the webhook, as FastAPI's routing would have put in the scope."""
+    for route in getattr(getattr(app, "router", None), "routes", []):
+        if getattr(route, "path", None) == WEBHOOK_PATH and "POST" in getattr(route, "methods", ()):
+            return route
+    return _Route
 
 
 class _ClientGone(Exception):
@@ -67,12 +76,15 @@ async def _send_json(
 class WebhookEndpoint:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._route: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != WEBHOOK_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        scope["route"] = _Route
+        if self._route is None:
+            self._route = _documented_route(scope["app"])
+        scope["route"] = self._route
         content_type = length = authorization = None
         chunked = False
         for name, value in scope["headers"]:
