@@ -4,6 +4,10 @@ Each caller hands over `work(conn)` and awaits its own result, which is delivere
 commit that holds its changes, so "answered means stored" still holds. One writer runs the
 batches, which is also what SQLite wants (one writer, no lock waits between requests).
 
+Work that is cheaper done for many at once (`run_batched`: the webhook intake, the worker's job
+results) is handed over as an argument for a batch function, called once per batch with the
+arguments of every unit that named it.
+
 If a unit raises inside a batch, the batch is rolled back and every unit of it is run again in
 its own transaction: the one that fails gets its error, the others are stored as if alone.
 If the commit itself fails, every unit of that batch gets the error (nothing was stored).
