@@ -126,6 +126,43 @@ async def test_a_failing_unit_does_not_fail_its_batch(db_engine: AsyncEngine) ->
     assert await count(db_engine, Erasure) == 2
 
 
+async def test_a_bad_argument_of_a_batched_unit_fails_alone(db_engine: AsyncEngine) -> None:
+    committer = GroupCommitter(db_engine, writers=1)
+    erasures = Erasure.__table__
+    calls: list[list[int]] = []
+
+    async def add_all(conn: AsyncConnection, subscriber_ids: list[int]) -> list[int]:
+        calls.append(subscriber_ids)
+        if -1 in subscriber_ids:
+            raise ValueError("a bad argument")
+        await conn.execute(
+            insert(erasures),
+            [
+                {
+                    "subscriber_id": n,
+                    "erased_at": utcnow(),
+                    "opt_ins_erased": 0,
+                    "requested_by": "test",
+                }
+                for n in subscriber_ids
+            ],
+        )
+        return [n * 10 for n in subscriber_ids]
+
+    try:
+        results = await asyncio.gather(
+            *(committer.run_batched(add_all, n) for n in (1, -1, 2, 3)),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.stop()
+    assert results[0] == 10 and results[2] == 20 and results[3] == 30
+    assert isinstance(results[1], ValueError)
+    assert calls[0] == [1, -1, 2, 3]  # one call for the batch, then each argument alone
+    assert sorted(calls[1:]) == [[-1], [1], [2], [3]]
+    assert await count(db_engine, Erasure) == 3
+
+
 @pytest.mark.parametrize("units", [1, 50])
 async def test_every_caller_gets_its_own_result(db_engine: AsyncEngine, units: int) -> None:
     committer = GroupCommitter(db_engine, max_batch=16)
