@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 
-from limits import parse
+from limits import RateLimitItem, parse
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
@@ -35,30 +36,26 @@ class ClientRateLimiter:
 
     async def check(self, client_key: str) -> None:
         """Count one request; raise 429 with Retry-After when this client is over its budget."""
-        try:
-            if await self.limiter.hit(self.limit, self.namespace, client_key):
-                return
-        except Exception as exc:
-            self._storage_down(exc)
-            return
-        raise await self._refusal(client_key)
+        if not await self._allowed(self.limiter.hit, client_key):
+            raise await self._refusal(client_key)
 
     async def refuse_if_exhausted(self, client_key: str) -> None:
         """Raise 429 when this client has used up its budget, without counting anything."""
-        try:
-            if await self.limiter.test(self.limit, self.namespace, client_key):
-                return
-        except Exception as exc:
-            self._storage_down(exc)
-            return
-        raise await self._refusal(client_key)
+        if not await self._allowed(self.limiter.test, client_key):
+            raise await self._refusal(client_key)
 
     async def record(self, client_key: str) -> None:
         """Count one event (say, a wrong token) against this client's budget."""
+        await self._allowed(self.limiter.hit, client_key)
+
+    async def _allowed(
+        self, probe: Callable[[RateLimitItem, str, str], Awaitable[bool]], client_key: str
+    ) -> bool:
         try:
-            await self.limiter.hit(self.limit, self.namespace, client_key)
-        except Exception as exc:
+            return await probe(self.limit, self.namespace, client_key)
+        except Exception as exc:  # storage (Redis) unreachable: fail open, loudly
             self._storage_down(exc)
+            return True
 
     async def _refusal(self, client_key: str) -> ServiceError:
         stats = await self.limiter.get_window_stats(self.limit, self.namespace, client_key)

@@ -108,52 +108,35 @@ def plan_subscribe(
     return PlannedAdd(job, membership)
 
 
-async def enqueue_subscribe(
-    conn: AsyncConnection,
-    settings: Settings,
-    *,
-    subscriber_id: int,
-    opt_in_id: int,
-    contact: str,
-    params: dict[str, Any],
-    route: CallLoopRoute | None,
-    now: datetime,
-) -> str:
-    """Queue the Call Loop group add for this opt-in, unless it would be a second add.
+async def enqueue_subscribe(conn: AsyncConnection, planned: PlannedAdd, now: datetime) -> str:
+    """Queue the group add `plan_subscribe` planned for this opt-in, unless it would be a
+    second add for a contact already in that group.
 
     Returns what happened: `queued`, `already_member`, or `skipped` (reason kept on a job row).
     """
-    planned = plan_subscribe(
-        settings,
-        subscriber_id=subscriber_id,
-        opt_in_id=opt_in_id,
-        contact=contact,
-        params=params,
-        route=route,
-        now=now,
-    )
-    if planned.membership is None:
+    membership = planned.membership
+    if membership is None:
         await conn.execute(INSERT_JOB, planned.job)
         return "skipped"
-    assert route is not None
     joined = await conn.execute(
         insert_ignore_returning(conn.dialect.name, memberships, ("subscriber_id", "group_hash")),
-        planned.membership,
+        membership,
     )
     if joined.first() is None:
+        subscriber_id, group_url = membership["subscriber_id"], membership["group_url"]
         rejoined = await conn.execute(
             update(memberships)
             .where(
                 memberships.c.subscriber_id == subscriber_id,
-                memberships.c.group_hash == planned.membership["group_hash"],
+                memberships.c.group_hash == membership["group_hash"],
                 memberships.c.status == "opted_out",
             )
-            .values(status="active", joined_at=now, left_at=None, group_url=route.group_url)
+            .values(status="active", joined_at=now, left_at=None, group_url=group_url)
             .returning(memberships.c.id)
         )
         if rejoined.first() is None:
             return "already_member"
-        await cancel_unsent_opt_out(conn, subscriber_id, route.group_url, now)
+        await cancel_unsent_opt_out(conn, subscriber_id, group_url, now)
     await conn.execute(INSERT_JOB, planned.job)
     return "queued"
 

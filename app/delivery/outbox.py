@@ -166,22 +166,23 @@ def _ours(job_id: int, worker_id: str) -> Any:
 
 
 # Built once (one per finished job, on the busy path): executed with bound values.
-MARK_DONE = (
+_DONE: dict[str, Any] = {
+    "status": "done",
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "last_status_code": bindparam("status_code"),
+    "last_error": None,
+    "completed_at": bindparam("now", type_=jobs.c.completed_at.type),
+    "updated_at": bindparam("now", type_=jobs.c.updated_at.type),
+}
+_HELD_BY_WORKER = and_(jobs.c.status == "in_progress", jobs.c.lease_owner == bindparam("worker_id"))
+MARK_DONE = update(jobs).where(jobs.c.id == bindparam("job_id"), _HELD_BY_WORKER).values(_DONE)
+# Several jobs of one worker with one status code; answers the ids it recorded.
+MARK_MANY_DONE = (
     update(jobs)
-    .where(
-        jobs.c.id == bindparam("job_id"),
-        jobs.c.status == "in_progress",
-        jobs.c.lease_owner == bindparam("worker_id"),
-    )
-    .values(
-        status="done",
-        lease_owner=None,
-        lease_expires_at=None,
-        last_status_code=bindparam("status_code"),
-        last_error=None,
-        completed_at=bindparam("now", type_=jobs.c.completed_at.type),
-        updated_at=bindparam("now", type_=jobs.c.updated_at.type),
-    )
+    .where(jobs.c.id.in_(bindparam("job_ids", expanding=True)), _HELD_BY_WORKER)
+    .values(_DONE)
+    .returning(jobs.c.id)
 )
 
 
@@ -238,22 +239,8 @@ async def mark_done_many(
     now = utcnow()
     for (worker_id, status_code), job_ids in plain.items():
         result = await conn.execute(
-            update(jobs)
-            .where(
-                jobs.c.id.in_(job_ids),
-                jobs.c.status == "in_progress",
-                jobs.c.lease_owner == worker_id,
-            )
-            .values(
-                status="done",
-                lease_owner=None,
-                lease_expires_at=None,
-                last_status_code=status_code,
-                last_error=None,
-                completed_at=now,
-                updated_at=now,
-            )
-            .returning(jobs.c.id)
+            MARK_MANY_DONE,
+            {"job_ids": job_ids, "worker_id": worker_id, "status_code": status_code, "now": now},
         )
         done = {row[0] for row in result}
         kept.update({job_id: job_id in done for job_id in job_ids})

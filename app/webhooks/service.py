@@ -110,8 +110,7 @@ async def store_opt_in(
         # A recovered opt-in older than the contact's opt-out: kept as history, not acted on.
         return IntakeOutcome("superseded", opt_in_id)
     await record_opt_in(conn, subscriber, opted_in_at)
-    queued = await enqueue_subscribe(
-        conn,
+    planned = plan_subscribe(
         settings,
         subscriber_id=subscriber.id,
         opt_in_id=opt_in_id,
@@ -120,6 +119,7 @@ async def store_opt_in(
         route=route,
         now=now,
     )
+    queued = await enqueue_subscribe(conn, planned, now)
     return IntakeOutcome("stored", opt_in_id, queued == "queued")
 
 
