@@ -86,7 +86,8 @@ class _Outcome:
 
 
 class _SyncConnection:
-    """What the domain functions use of an AsyncConnection (`execute`, `dialect`), answered
+    """What the domain functions use of an AsyncConnection (`execute`, `exec_driver_sql`,
+    `dialect`), answered
     by a synchronous connection: their awaits complete at once, in the writer thread."""
 
     def __init__(self, conn: Connection) -> None:
@@ -98,6 +99,9 @@ class _SyncConnection:
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self._conn.execute(statement, parameters)
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return self._conn.exec_driver_sql(statement, parameters)
 
 
 def _drive(awaitable: Awaitable[T]) -> T:

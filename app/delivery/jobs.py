@@ -10,7 +10,7 @@ from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.callloop import opt_out_url
-from app.db import insert_ignore_returning, table_of
+from app.db import BulkInsert, insert_ignore_returning, table_of
 from app.delivery.routing import group_hash
 from app.models import DeliveryJob, GroupMembership
 from app.phones import NotAPhoneNumber, format_phone
@@ -23,6 +23,32 @@ CONTACT_FIELDS = ("first", "last", "email")
 # Jobs that tell a third party to forget or unsubscribe a contact.
 UNSUBSCRIBE_KINDS = ("opt_out", "audience_delete")
 INSERT_JOB = insert(jobs)  # executed with a dict of values (built once: the intake's hot path)
+# The rows plan_subscribe builds, inserted many at once by the bulk intake.
+BULK_INSERT_JOBS = BulkInsert(
+    jobs,
+    (
+        "kind",
+        "subscriber_id",
+        "opt_in_id",
+        "created_at",
+        "updated_at",
+        "next_attempt_at",
+        "attempts",
+        "route_key",
+        "target_url",
+        "follow_up_url",
+        "lease_owner",
+        "lease_expires_at",
+        "status",
+        "payload",
+        "completed_at",
+        "last_error",
+    ),
+)
+BULK_INSERT_MEMBERSHIPS = BulkInsert(
+    memberships,
+    ("subscriber_id", "group_hash", "group_url", "route_key", "status", "joined_at"),
+)
 
 # PostgreSQL channel a standalone worker LISTENs on; the intake NOTIFYs it inside the
 # transaction that queued jobs, so the notification is delivered only once that commit is done.

@@ -7,20 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import (
-    insert_ignore,
-    insert_ignore_returning,
-    insert_ignore_returning_keys,
-    table_of,
-    utcnow,
-)
+from app.db import BulkInsert, insert_ignore, insert_ignore_returning, table_of, utcnow
 from app.delivery.jobs import (
-    INSERT_JOB,
+    BULK_INSERT_JOBS,
+    BULK_INSERT_MEMBERSHIPS,
     enqueue_subscribe,
-    memberships,
     notify_new_jobs,
     plan_subscribe,
 )
@@ -40,6 +34,45 @@ from app.webhooks.parse import UTM_FIELDS, ParsedWebhook, is_stop_message
 opt_ins = table_of(OptIn)
 webhook_events = table_of(WebhookEvent)
 link_requests = table_of(LinkRequest)
+
+# The bulk intake's statements (first opt-ins of new contacts, many per group commit).
+NEW_SUBSCRIBER_COLUMNS = (
+    "contact",
+    "status",
+    "first_opt_in_at",
+    "last_opt_in_at",
+    "created_at",
+    "updated_at",
+)
+BULK_INSERT_SUBSCRIBERS = BulkInsert(
+    subscribers,
+    NEW_SUBSCRIBER_COLUMNS,
+    ignore_conflict_on=("contact",),
+    returning=("id", "contact"),
+)
+BULK_INSERT_OPT_INS = BulkInsert(
+    opt_ins,
+    (
+        "webhook_id",
+        "subscriber_id",
+        "link_request_id",
+        "consent_evidence",
+        "contact",
+        "event",
+        "message_id",
+        "organization_id",
+        "click_id",
+        "params",
+        "language_code",
+        "language_name",
+        "route_key",
+        "raw_payload",
+        "received_at",
+        *UTM_FIELDS,
+    ),
+    ignore_conflict_on=("webhook_id",),
+    returning=("id", "webhook_id"),
+)
 
 
 @dataclass(frozen=True)
@@ -206,9 +239,8 @@ async def _store_new_contacts(
 ) -> list[IntakeOutcome | None]:
     """Opt-ins of distinct contacts: those new to the service are stored here, in bulk; None
     for the others (already subscribers: left to `ingest`)."""
-    dialect = conn.dialect.name
-    created = await conn.execute(
-        insert_ignore_returning_keys(dialect, subscribers, "contact", "contact"),
+    created = await BULK_INSERT_SUBSCRIBERS.execute(
+        conn,
         [
             {
                 "contact": parsed.contact,
@@ -233,8 +265,8 @@ async def _store_new_contacts(
         )
         link_request_ids = {row.ref: row.id for row in found}
     routes = {parsed.webhook_id: route_of(settings, parsed) for parsed in new}
-    inserted = await conn.execute(
-        insert_ignore_returning_keys(dialect, opt_ins, "webhook_id", "webhook_id"),
+    inserted = await BULK_INSERT_OPT_INS.execute(
+        conn,
         [
             opt_in_values(
                 parsed,
@@ -263,9 +295,9 @@ async def _store_new_contacts(
     }
     joined = [plan.membership for plan in plans.values() if plan.membership is not None]
     if joined:
-        await conn.execute(insert(memberships), joined)
+        await BULK_INSERT_MEMBERSHIPS.execute(conn, joined)
     if plans:
-        await conn.execute(INSERT_JOB, [plan.job for plan in plans.values()])
+        await BULK_INSERT_JOBS.execute(conn, [plan.job for plan in plans.values()])
     outcomes: list[IntakeOutcome | None] = []
     for parsed in batch:
         if parsed.contact not in subscriber_ids:
