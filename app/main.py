@@ -7,11 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from app.admin.api import router as admin_router
 from app.admin.console import install_console
@@ -22,15 +24,17 @@ from app.db import create_engine
 from app.delivery.worker import DeliveryWorker
 from app.deps import Services
 from app.errors import install_error_handlers
+from app.fastpath import FrontDoor
 from app.groupcommit import GroupCommitter
 from app.health import router as health_router
+from app.links.endpoint import LINKS_PATH, LinkEndpoint
 from app.links.routes import router as links_router
 from app.metrics import router as metrics_router
 from app.observability import HttpMiddleware, configure_logging
 from app.ratelimit import ClientRateLimiter
 from app.requestlimits import MAX_BODY_BYTES, RequestLimitMiddleware
 from app.settings import Settings, secret_values
-from app.webhooks.endpoint import WebhookEndpoint
+from app.webhooks.endpoint import WEBHOOK_PATH, WebhookEndpoint
 from app.webhooks.routes import MAX_WEBHOOK_BYTES
 from app.webhooks.routes import router as webhooks_router
 
@@ -101,6 +105,33 @@ def freeze_startup_heap() -> None:
         _heap_frozen = True
 
 
+def cors_options(settings: Settings) -> dict[str, Any]:
+    """CORS for the public endpoints (the link endpoint is called by landing pages)."""
+    return {
+        "allow_origins": settings.cors_allow_origins,
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Content-Type", "X-Request-ID"],
+        "expose_headers": ["X-Request-ID", "Retry-After"],
+        "max_age": 600,
+    }
+
+
+class OptinApp(FastAPI):
+    """FastAPI with the service's front door outermost: `HttpMiddleware` (request id, security
+    headers, metrics, access log) for every request, then the hot routes answered straight
+    from ASGI (app/fastpath.py) and everything else through FastAPI's own stack."""
+
+    cors: dict[str, Any]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        hot_routes: dict[tuple[str, str], ASGIApp] = {
+            ("POST", WEBHOOK_PATH): WebhookEndpoint(),
+            ("POST", LINKS_PATH): LinkEndpoint(stack, self.cors),
+        }
+        return HttpMiddleware(FrontDoor(stack, hot_routes))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level, secret_values(settings))
@@ -127,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await close_services(services)
 
-    app = FastAPI(
+    app = OptinApp(
         title="optin-backend",
         version="0.1.0",
         summary="LoopMessage opt-in links, webhook intake and Call Loop delivery",
@@ -140,18 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=MAX_BODY_BYTES,
         path_limits={"/v1/webhooks/loopmessage": MAX_WEBHOOK_BYTES},
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_allow_origins,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Retry-After"],
-        max_age=600,
-    )
-    # Just inside HttpMiddleware: the webhook skips the layers a server-to-server POST does
-    # not need (see app/webhooks/endpoint.py).
-    app.add_middleware(WebhookEndpoint)
-    app.add_middleware(HttpMiddleware)
+    app.cors = cors_options(settings)
+    app.add_middleware(CORSMiddleware, **app.cors)
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(links_router)

@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import ALLOWED_ORIGIN, LOOP_API_KEY, VISITOR_IP, Api, ApiFactory, Fakes
 from tests.fakes.servers import Scripted
+from tests.test_ops import scrape, value
 
 IPHONE_17 = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
@@ -201,3 +202,64 @@ async def test_cors_allows_only_configured_origins(api: Api) -> None:
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert bad_preflight.headers.get("access-control-allow-origin") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        # The body the model refuses: handed to the FastAPI route, which lists the field errors.
+        (b'{"click_id": 5}', {"Content-Type": "application/json"}, 422, "validation_error"),
+        (b"{not json", {"Content-Type": "application/json"}, 422, "validation_error"),
+        (b"click_id=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, None),
+        (b"{}" + b" " * 17_000, {"Content-Type": "application/json"}, 413, None),
+    ],
+)
+async def test_refused_link_requests_get_one_answer_with_cors_headers(
+    api: Api,
+    fakes: Fakes,
+    content: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: str | None,
+) -> None:
+    response = await api.client.post(
+        "/v1/opt-in-links", content=content, headers={**headers, "Origin": ALLOWED_ORIGIN}
+    )
+    assert response.status_code == status
+    if code:
+        assert response.json()["code"] == code
+    # CORS headers once (a browser refuses a doubled Access-Control-Allow-Origin), and the
+    # request id and security headers as on every answer.
+    assert response.headers.get_list("access-control-allow-origin") == [ALLOWED_ORIGIN]
+    assert len(response.headers.get_list("x-request-id")) == 1
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert fakes.loop.state.requests == []  # nothing reached LoopMessage
+
+
+async def test_chunked_link_request_is_answered_like_any_other(api: Api, fakes: Fakes) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"click_id": '
+        yield b'"clk-chunked"}'
+
+    response = await api.client.post(
+        "/v1/opt-in-links",
+        content=chunks(),
+        headers={"Content-Type": "application/json", "Origin": ALLOWED_ORIGIN},
+    )
+    assert response.status_code == 200
+    assert response.headers.get_list("access-control-allow-origin") == [ALLOWED_ORIGIN]
+    assert fakes.loop.state.requests[-1].json()["click_id"] == "clk-chunked"
+
+
+async def test_link_answer_carries_cors_request_id_and_is_counted(api: Api) -> None:
+    counted = {"method": "POST", "route": "/v1/opt-in-links", "status": "200"}
+    before = value(await scrape(api), "optin_http_requests_total", **counted)
+    response = await api.client.post(
+        "/v1/opt-in-links",
+        json={"click_id": "clk-metrics"},
+        headers={"Origin": ALLOWED_ORIGIN, "X-Request-ID": "req-link-1"},
+    )
+    assert response.status_code == 200
+    assert response.headers.get_list("access-control-allow-origin") == [ALLOWED_ORIGIN]
+    assert response.headers["x-request-id"] == "req-link-1"
+    assert value(await scrape(api), "optin_http_requests_total", **counted) == before + 1

@@ -6,20 +6,43 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.loopmessage import LoopMessageError
-from app.db import table_of, utcnow
+from app.db import BulkInsert, table_of, utcnow
 from app.deps import Services
 from app.errors import ServiceError
 from app.links.device import recommend
 from app.links.schemas import OptInLinkRequest, OptInLinks
 from app.models import LinkRequest
 from app.observability import LINK_REQUESTS
-from app.webhooks.parse import REF_PARAM
+from app.webhooks.parse import REF_PARAM, UTM_FIELDS
 
 link_requests = table_of(LinkRequest)
-INSERT_LINK_REQUEST = insert(link_requests)  # executed with a dict of values (built once)
+ATTRIBUTION_FIELDS = ("click_id", *UTM_FIELDS)
+INSERT_LINK_REQUESTS = BulkInsert(
+    link_requests,
+    (
+        "ref",
+        "loop_link_id",
+        "created_at",
+        "params",
+        "consent_text",
+        "client_ip",
+        "user_agent",
+        "page_url",
+        "recommended",
+        "channel",
+        *ATTRIBUTION_FIELDS,
+    ),
+)
+
+
+async def store_link_requests(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[None]:
+    """The link requests of one group commit, in one insert."""
+    await INSERT_LINK_REQUESTS.execute(conn, rows)
+    return [None] * len(rows)
+
 
 _ERROR_STATUS = {
     "rejected": (502, "upstream_rejected"),
@@ -80,9 +103,10 @@ async def create_link(
         "page_url": (request.page_url or visitor.page_url or "")[:2000] or None,
         "recommended": recommended,
         "channel": channel,
-        **attribution,
+        **{name: attribution.get(name) for name in ATTRIBUTION_FIELDS},
     }
-    await services.writer.run(lambda conn: conn.execute(INSERT_LINK_REQUEST, values))
+    # Stored (with the link requests made alongside) before the link is handed out.
+    await services.writer.run_batched(store_link_requests, values)
     LINK_REQUESTS.labels("ok").inc()
     return OptInLinks(
         id=links.id,
