@@ -56,6 +56,9 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another to finish
+
+
 def _sqlite_setup(sync_engine: Engine) -> None:
     """WAL, full fsync on commit, foreign keys, a busy timeout, and BEGIN IMMEDIATE."""
 
@@ -66,7 +69,7 @@ def _sqlite_setup(sync_engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")

@@ -4,9 +4,10 @@ answered only after the commit that holds it, and one failing unit does not fail
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, make_url, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import utcnow
@@ -234,3 +235,28 @@ async def test_a_batch_mixing_every_kind_of_webhook_stores_each_as_if_alone(
     assert sorted(job["status"] for job in subscribe).count("pending") == 20 + 1 + 1 + 2
     assert [job["status"] for job in jobs if job["kind"] == "opt_out"] == ["pending"]
     assert await count(db_engine, Subscriber) == 3 + 20 + 3
+
+
+async def test_sqlite_writer_waits_for_another_writer_instead_of_refusing(
+    make_api: ApiFactory, db_url: str, db_engine: AsyncEngine
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's single write lock")
+    api = await make_api(run_worker=False)
+    assert (await api.webhook(opt_in_payload(contact="+15555550801"))).status_code == 200
+    # Another process (say, the CLI) holds the write lock.
+    other = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        waiting = asyncio.create_task(api.webhook(opt_in_payload(contact="+15555550802")))
+        # The service keeps answering while its writer waits for the lock...
+        for _ in range(5):
+            assert (await api.client.get("/healthz")).status_code == 200
+        assert not waiting.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    # ...and the webhook is stored once the lock is free, not refused.
+    response = await waiting
+    assert response.status_code == 200 and response.json()["status"] == "stored"
+    assert await count(db_engine, OptIn) == 2
