@@ -7,7 +7,7 @@ variables are appended after it with `&`, never merged through a params= re-enco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from yarl import URL
@@ -15,6 +15,9 @@ from yarl import URL
 from app.clients.session import LazySession
 from app.observability import UPSTREAM_LATENCY
 from app.redaction import mask_url
+
+
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 class CallLoopError(Exception):
@@ -67,7 +70,9 @@ class CallLoopClient:
                 async with self._session.get().request(
                     self._method,
                     url,
-                    data=variables if self._method == "POST" else None,
+                    # The form aiohttp would build from the dict, encoded here in one call.
+                    data=urlencode(variables).encode() if self._method == "POST" else None,
+                    headers=FORM_HEADERS if self._method == "POST" else None,
                     allow_redirects=False,
                 ) as response:
                     status = response.status

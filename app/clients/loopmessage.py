@@ -60,13 +60,14 @@ class LoopMessageClient:
         self._base_url = base_url
         self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
         self._session = LazySession(timeout_seconds)
+        self._latency = UPSTREAM_LATENCY.labels("loopmessage")
 
     async def aclose(self) -> None:
         await self._session.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self._base_url}{path}"
-        with UPSTREAM_LATENCY.labels("loopmessage").time():
+        with self._latency.time():
             try:
                 async with self._session.get().request(
                     method, url, headers=self._headers, allow_redirects=False, **kwargs
@@ -111,7 +112,8 @@ class LoopMessageClient:
 
     async def generate_url(self, fields: dict[str, Any]) -> OptInLinks:
         """POST /api/v1/opt-in/generate-url/ with the body and every attribution field."""
-        data = await self._call("POST", "/api/v1/opt-in/generate-url/", json=fields)
+        body = json.dumps(fields).encode()  # what json= would send, without aiohttp's payload
+        data = await self._call("POST", "/api/v1/opt-in/generate-url/", data=body)
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise LoopMessageError("upstream_error", "LoopMessage answered without a link id")
 

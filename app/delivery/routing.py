@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from app.settings import CallLoopRoute, Settings
@@ -18,5 +19,6 @@ def resolve_route(
     return settings.default_route
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of groups, hashed for every opt-in
 def group_hash(group_url: str) -> str:
     return hashlib.sha256(group_url.encode()).hexdigest()

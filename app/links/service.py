@@ -19,6 +19,7 @@ from app.observability import LINK_REQUESTS
 from app.webhooks.parse import REF_PARAM, UTM_FIELDS
 
 link_requests = table_of(LinkRequest)
+LINKS_MADE = LINK_REQUESTS.labels("ok")
 ATTRIBUTION_FIELDS = ("click_id", *UTM_FIELDS)
 INSERT_LINK_REQUESTS = BulkInsert(
     link_requests,
@@ -107,7 +108,7 @@ async def create_link(
     }
     # Stored (with the link requests made alongside) before the link is handed out.
     await services.writer.run_batched(store_link_requests, values)
-    LINK_REQUESTS.labels("ok").inc()
+    LINKS_MADE.inc()
     return OptInLinks(
         id=links.id,
         ref=ref,
