@@ -16,7 +16,6 @@ from app.clients.session import LazySession
 from app.observability import UPSTREAM_LATENCY
 from app.redaction import mask_url
 
-
 FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
