@@ -19,6 +19,10 @@ _EMAIL_RE = re.compile(
 _CALLLOOP_URL_RE = re.compile(r"(https?://[^\s/\"'<>]+)(/[rst]/)[^\s\"'<>]*")
 
 
+# Every pattern above needs one of these: `+`/`%2B` (phone), `@`/`%40` (email), `://` (URL).
+_MAY_NEED_MASKING = re.compile(r"[+@%]|://")
+
+
 def mask_url(url: str) -> str:
     """Keep the scheme, host and path kind (/r/, /s/, /t/); hide everything secret after it."""
     try:
@@ -65,6 +69,8 @@ def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, "[redacted]")
+    if not _MAY_NEED_MASKING.search(text):
+        return text  # none of the patterns below can match: most log fields end here
     text = _CALLLOOP_URL_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}…", text)
     text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
     return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\s-]", "", m.group(0))), text)

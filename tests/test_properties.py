@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import phonenumbers
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.phones import NotAPhoneNumber, format_phone
@@ -142,3 +142,39 @@ def test_formats_agree_on_the_same_number(number: str, region: str) -> None:
     # Separators people type do not change the number.
     spaced = " ".join([e164[:3], e164[3:6], e164[6:]])
     assert format_phone(spaced, region, "E164") == e164
+
+
+@FAST
+@example(digits="0123456789", region="US", style="E164")  # a leading zero (Italian-style)
+@example(digits="1234567890", region="US", style="NATIONAL")  # the trunk prefix `1`
+@example(digits="2015550123", region="GB", style="NATIONAL")
+@given(
+    digits=st.from_regex(r"[2-9]\d\d[2-9]\d{6}", fullmatch=True)
+    | st.text(alphabet="0123456789", min_size=8, max_size=13),
+    region=REGIONS,
+    style=STYLES,
+)
+def test_north_american_shortcut_reads_numbers_as_the_library_does(
+    digits: str, region: str, style: str
+) -> None:
+    """`+1…` strings, the shortcut's own and its near misses, format exactly as through
+    `phonenumbers.parse` (or are refused alike)."""
+    contact = f"+1{digits}"
+
+    def through_the_library() -> str:
+        number = phonenumbers.parse(contact, region)
+        if not phonenumbers.is_possible_number(number):
+            raise NotAPhoneNumber("not possible")
+        if style == "DIGITS":
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+        return phonenumbers.format_number(number, getattr(phonenumbers.PhoneNumberFormat, style))
+
+    try:
+        expected: str | None = through_the_library()
+    except (phonenumbers.NumberParseException, NotAPhoneNumber):
+        expected = None
+    try:
+        got: str | None = format_phone(contact, region, style)
+    except NotAPhoneNumber:
+        got = None
+    assert got == expected
