@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import operator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -171,7 +173,11 @@ class BulkInsert:
         self.ignore_conflict_on = ignore_conflict_on
         self.returning = returning
         self._sql: dict[tuple[str, int], str] = {}
-        self._processors: dict[str, list[Any]] = {}
+        self._processors: dict[str, list[tuple[int, Any]]] = {}
+        pick = operator.itemgetter(*columns)  # one value, or a tuple of them for several keys
+        self._values_of: Callable[[dict[str, Any]], list[Any]] = (
+            (lambda row: list(pick(row))) if len(columns) > 1 else (lambda row: [pick(row)])
+        )
 
     def _statement(self, dialect: Any, rows: int) -> str:
         key = (dialect.name, rows)
@@ -201,12 +207,17 @@ class BulkInsert:
             self._sql[key] = sql
         return sql
 
-    def _converters(self, dialect: Any) -> list[Any]:
+    def _converters(self, dialect: Any) -> list[tuple[int, Any]]:
+        """(position, bind processor) of each column whose values the driver needs converted."""
         processors = self._processors.get(dialect.name)
         if processors is None:
             processors = [
-                self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in self.names
+                (position, process)
+                for position, name in enumerate(self.names)
+                if (
+                    process := self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                )
+                is not None
             ]
             self._processors[dialect.name] = processors
         return processors
@@ -231,19 +242,21 @@ class BulkInsert:
             for row in chunk:
                 if len(row) != len(self.columns):  # a key this statement would drop
                     raise ValueError(f"{self.table.name}: row keys {sorted(row)} != columns")
-                values = [row[name] for name in self.columns]
+                values = self._values_of(row)
                 if self.defaulted:
                     values += self._defaults()
-                for value, process in zip(values, processors, strict=True):
-                    if process is not None and value is not None:
-                        if isinstance(value, datetime):
-                            key = id(value)
-                            if key not in converted:
-                                converted[key] = (value, process(value))
-                            value = converted[key][1]
-                        else:
-                            value = process(value)
-                    flat.append(value)
+                for position, process in processors:
+                    value = values[position]
+                    if value is None:
+                        continue
+                    if isinstance(value, datetime):
+                        key = id(value)
+                        if key not in converted:
+                            converted[key] = (value, process(value))
+                        values[position] = converted[key][1]
+                    else:
+                        values[position] = process(value)
+                flat += values
             result = await conn.exec_driver_sql(self._statement(dialect, len(chunk)), tuple(flat))
             if self.returning:
                 returned.extend(result.all())
