@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_body
+from app.fastpath import BodyTooLarge, ClientGone, read_body, replaying
 
 MAX_BODY_BYTES = 16 * 1024  # the link endpoint's JSON is well under 5 KB
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
@@ -68,29 +69,16 @@ class RequestLimitMiddleware:
         if not chunked:
             await self.app(scope, receive, send)
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            if len(body) > limit:
-                await self._refuse(
-                    413, "payload_too_large", f"the body is over {limit} bytes", scope, send
-                )
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
+        try:
+            body = await read_body(receive, limit)
+        except ClientGone:
+            return
+        except BodyTooLarge:
+            await self._refuse(
+                413, "payload_too_large", f"the body is over {limit} bytes", scope, send
+            )
+            return
+        await self.app(scope, replaying(body, receive), send)
 
     @staticmethod
     async def _refuse(status: int, code: str, detail: str, scope: Scope, send: Send) -> None:
