@@ -58,8 +58,9 @@ class LinkEndpoint:
             body = await read_body(receive, MAX_BODY_BYTES)
         except ClientGone:
             return
-        except BodyTooLarge:  # more than announced: the server refuses it; FastAPI says so
-            await self.app(scope, receive, send)
+        except BodyTooLarge:  # more than announced (servers stop that first): refused alike
+            detail = f"the body is over {MAX_BODY_BYTES} bytes"
+            await send_json(send, 413, error_body("payload_too_large", detail))
             return
         try:
             payload = OptInLinkRequest.model_validate_json(body)
@@ -69,7 +70,7 @@ class LinkEndpoint:
         if self._route is None:
             self._route = documented_route(scope["app"], "POST", LINKS_PATH)
         scope["route"] = self._route
-        scope["optin.link_request"] = payload
+        scope["optin.link_request"] = payload  # for _answer, behind the CORS middleware
         await self._answer_with_cors(scope, receive, send)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
