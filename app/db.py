@@ -129,15 +129,6 @@ def insert_ignore_returning(dialect_name: str, table: Table, conflict: tuple[str
     return insert_ignore(dialect_name, table, *conflict).returning(table.c.id)
 
 
-@functools.cache
-def insert_ignore_returning_keys(
-    dialect_name: str, table: Table, conflict: str, key: str
-) -> Insert:
-    """`insert_ignore(...)` returning (id, `key`) for the rows inserted, built once per table:
-    executed with many rows, the caller maps each new id back by its key."""
-    return insert_ignore(dialect_name, table, conflict).returning(table.c.id, table.c[key])
-
-
 class BulkInsert:
     """`INSERT INTO table (…) VALUES (…), (…) [ON CONFLICT (…) DO NOTHING] [RETURNING …]`: many
     rows in one statement sent straight to the driver (`exec_driver_sql`), for the intake's hot
