@@ -41,6 +41,8 @@ Work = Callable[[AsyncConnection], Awaitable[Any]]
 
 BatchWork = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
+GATHER_TURNS = 8  # loop turns a single writer waits at most for more units (see `_gather`)
+
 
 class _Item:
     """One unit: `work(conn)`, or `argument` for a `batch_work(conn, arguments)` shared by
@@ -193,9 +195,31 @@ class GroupCommitter:
         self._queue.put_nowait(_Item(future, batch_work=batch_work, argument=argument))
         return await future
 
+    async def _gather(self) -> None:
+        """Let units about to be handed over join the batch (a single writer: SQLite's).
+
+        The SQLite commit blocks the event loop, so requests that arrived during it are only
+        parsed afterwards, a few loop turns each; committing at the first of them made batches
+        of a handful. This gives the loop one turn at a time while that brings new units, at
+        most GATHER_TURNS: no wait on a timer, so a lone request is delayed by one loop turn.
+        Measured under 16 concurrent webhooks: batches of ~6 grew to ~16 (every connection) and
+        the intake's throughput rose by a third. PostgreSQL's writers overlap their round trips
+        instead (there, waiting split the queue between writers into smaller batches)."""
+        waiting = self._queue.qsize()
+        for _ in range(GATHER_TURNS):
+            if waiting + 1 >= self.max_batch:
+                return
+            await asyncio.sleep(0)
+            now_waiting = self._queue.qsize()
+            if now_waiting == waiting:
+                return
+            waiting = now_waiting
+
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.writers == 1:
+                await self._gather()
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             live = [item for item in batch if not item.future.done()]  # callers may be gone

@@ -182,6 +182,33 @@ async def test_every_caller_gets_its_own_result(db_engine: AsyncEngine, units: i
     assert committer.items == units
 
 
+async def test_units_handed_over_a_few_loop_turns_apart_share_one_commit(
+    db_engine: AsyncEngine,
+) -> None:
+    committer = GroupCommitter(db_engine)
+    if committer.writers != 1:
+        pytest.skip("only SQLite's single writer waits for more units")
+
+    async def caller(turns: int) -> int:
+        for _ in range(turns):  # a request still being parsed
+            await asyncio.sleep(0)
+        return await committer.run(lambda conn: _scalar(conn, turns))
+
+    try:
+        results = await asyncio.gather(*(caller(turns) for turns in range(6)))
+        assert results == list(range(6))
+        assert (committer.batches, committer.items) == (1, 6)
+        # A lone unit is not held back waiting for company.
+        assert await asyncio.wait_for(committer.run(lambda conn: _scalar(conn, 7)), 5) == 7
+        assert (committer.batches, committer.items) == (2, 7)
+    finally:
+        await committer.stop()
+
+
+async def _scalar(conn: AsyncConnection, value: int) -> int:
+    return int((await conn.execute(select(value))).scalar_one())
+
+
 async def test_a_batch_mixing_every_kind_of_webhook_stores_each_as_if_alone(
     make_api: ApiFactory, db_engine: AsyncEngine
 ) -> None:
