@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 
 import pytest
-from sqlalchemy import func, insert, make_url, select
+from sqlalchemy import func, insert, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import utcnow
@@ -287,3 +287,27 @@ async def test_sqlite_writer_waits_for_another_writer_instead_of_refusing(
     response = await waiting
     assert response.status_code == 200 and response.json()["status"] == "stored"
     assert await count(db_engine, OptIn) == 2
+
+
+async def test_writer_replaces_a_connection_the_server_dropped(
+    make_api: ApiFactory, db_url: str, db_engine: AsyncEngine
+) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's writers keep a connection each")
+    api = await make_api(run_worker=False)
+    # One at a time: each writer in turn takes a webhook, so each opens its connection.
+    for n in range(8):
+        assert (await api.webhook(opt_in_payload(contact=f"+1555555081{n}"))).status_code == 200
+    # The server goes away under the writers' connections (a restart, an idle timeout).
+    async with db_engine.connect() as conn:
+        ended = await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        assert ended.all()
+    for n in range(8):
+        response = await api.webhook(opt_in_payload(contact=f"+1555555082{n}"))
+        assert response.status_code == 200 and response.json()["status"] == "stored"
+    assert await count(db_engine, OptIn) == 16
