@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clients.callloop import opt_out_url
@@ -50,10 +50,9 @@ BULK_INSERT_MEMBERSHIPS = BulkInsert(
     ("subscriber_id", "group_hash", "group_url", "route_key", "status", "joined_at"),
 )
 
-# PostgreSQL channel a standalone worker LISTENs on; the intake NOTIFYs it inside the
-# transaction that queued jobs, so the notification is delivered only once that commit is done.
+# PostgreSQL channel a standalone worker LISTENs on. A trigger on delivery_jobs (migration
+# 0002) NOTIFYs it for every insert, delivered once the transaction that queued the jobs commits.
 JOBS_CHANNEL = "optin_delivery_jobs"
-NOTIFY_JOBS = text("SELECT pg_notify(:channel, '')")
 
 
 def callloop_variables(
@@ -261,9 +260,3 @@ async def enqueue_audience_delete(
         )
     )
 
-
-async def notify_new_jobs(conn: AsyncConnection) -> None:
-    """Tell listening workers (PostgreSQL NOTIFY, sent at commit) that jobs were queued.
-    PostgreSQL folds identical notifications of one transaction into one."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(NOTIFY_JOBS, {"channel": JOBS_CHANNEL})

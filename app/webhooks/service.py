@@ -15,7 +15,6 @@ from app.delivery.jobs import (
     BULK_INSERT_JOBS,
     BULK_INSERT_MEMBERSHIPS,
     enqueue_subscribe,
-    notify_new_jobs,
     plan_subscribe,
 )
 from app.delivery.routing import resolve_route
@@ -316,9 +315,7 @@ async def store_live_webhooks(
     conn: AsyncConnection, units: list[tuple[Settings, ParsedWebhook]]
 ) -> list[IntakeOutcome]:
     """The webhook route's batch for the group commit (`GroupCommitter.run_batched`): every
-    unit of one app's writer carries that app's settings. Listening workers are told once."""
+    unit of one app's writer carries that app's settings. (Listening workers are told by the
+    database: see JOBS_CHANNEL.)"""
     settings = units[0][0]
-    outcomes = await ingest_many(conn, settings, [parsed for _, parsed in units])
-    if any(outcome.jobs_queued for outcome in outcomes):
-        await notify_new_jobs(conn)
-    return outcomes
+    return await ingest_many(conn, settings, [parsed for _, parsed in units])
