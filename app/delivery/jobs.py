@@ -259,4 +259,3 @@ async def enqueue_audience_delete(
             updated_at=now,
         )
     )
-
