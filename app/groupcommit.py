@@ -160,9 +160,16 @@ class GroupCommitter:
             ]
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop."""
+        """Finish what is queued, then stop. (Units left queued with no writer to run them,
+        the writers having been cancelled with the event loop, get an error.)"""
         if self._tasks:
-            await self._queue.join()
+            if not all(task.done() for task in self._tasks):
+                await self._queue.join()
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("the database writer has stopped"))
+                self._queue.task_done()
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
@@ -221,12 +228,12 @@ class GroupCommitter:
     async def _run(self, slot: int) -> None:
         while True:
             batch = [await self._queue.get()]
-            if self.writers == 1:
-                await self._gather()
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            live = [item for item in batch if not item.future.done()]  # callers may be gone
             try:
+                if self.writers == 1:
+                    await self._gather()
+                while len(batch) < self.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                live = [item for item in batch if not item.future.done()]  # callers may be gone
                 if live:
                     outcomes = await self._commit(live, slot)
                     for item, outcome in zip(live, outcomes, strict=True):
@@ -237,7 +244,7 @@ class GroupCommitter:
                         else:
                             item.future.set_result(outcome.value)
             except BaseException as exc:  # never leave a caller waiting
-                for item in live:
+                for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):

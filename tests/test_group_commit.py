@@ -205,6 +205,36 @@ async def test_units_handed_over_a_few_loop_turns_apart_share_one_commit(
         await committer.stop()
 
 
+async def test_a_committer_cancelled_while_gathering_leaves_no_caller_waiting(
+    db_engine: AsyncEngine,
+) -> None:
+    committer = GroupCommitter(db_engine)
+    if committer.writers != 1:
+        pytest.skip("only SQLite's single writer waits for more units")
+
+    async def caller(turns: int) -> int:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await committer.run(lambda conn: _scalar(conn, turns))
+
+    callers = [asyncio.create_task(caller(turns)) for turns in range(6)]
+    for _ in range(3):  # the writer has the first units and is waiting for the others
+        await asyncio.sleep(0)
+    # The event loop shuts down (as at the end of asyncio.run): its tasks are cancelled.
+    writers = [task for task in asyncio.all_tasks() if task.get_name().startswith("group-commit")]
+    assert writers
+    for task in writers:
+        task.cancel()
+    for _ in range(6):  # every caller has handed its unit over
+        await asyncio.sleep(0)
+    await asyncio.wait_for(committer.stop(), 5)
+    # No caller is left waiting: the unit the writer held gets the cancellation, the units
+    # still queued an error of their own.
+    outcomes = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 5)
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes[1:])
+
+
 async def _scalar(conn: AsyncConnection, value: int) -> int:
     return int((await conn.execute(select(value))).scalar_one())
 
