@@ -185,17 +185,9 @@ async def test_every_caller_gets_its_own_result(db_engine: AsyncEngine, units: i
 async def test_units_handed_over_a_few_loop_turns_apart_share_one_commit(
     db_engine: AsyncEngine,
 ) -> None:
-    committer = GroupCommitter(db_engine)
-    if committer.writers != 1:
-        pytest.skip("only SQLite's single writer waits for more units")
-
-    async def caller(turns: int) -> int:
-        for _ in range(turns):  # a request still being parsed
-            await asyncio.sleep(0)
-        return await committer.run(lambda conn: _scalar(conn, turns))
-
+    committer = _single_writer(db_engine)
     try:
-        results = await asyncio.gather(*(caller(turns) for turns in range(6)))
+        results = await asyncio.gather(*(_late_caller(committer, turns) for turns in range(6)))
         assert results == list(range(6))
         assert (committer.batches, committer.items) == (1, 6)
         # A lone unit is not held back waiting for company.
@@ -208,16 +200,8 @@ async def test_units_handed_over_a_few_loop_turns_apart_share_one_commit(
 async def test_a_committer_cancelled_while_gathering_leaves_no_caller_waiting(
     db_engine: AsyncEngine,
 ) -> None:
-    committer = GroupCommitter(db_engine)
-    if committer.writers != 1:
-        pytest.skip("only SQLite's single writer waits for more units")
-
-    async def caller(turns: int) -> int:
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        return await committer.run(lambda conn: _scalar(conn, turns))
-
-    callers = [asyncio.create_task(caller(turns)) for turns in range(6)]
+    committer = _single_writer(db_engine)
+    callers = [asyncio.create_task(_late_caller(committer, turns)) for turns in range(6)]
     for _ in range(3):  # the writer has the first units and is waiting for the others
         await asyncio.sleep(0)
     # The event loop shuts down (as at the end of asyncio.run): its tasks are cancelled.
@@ -233,6 +217,20 @@ async def test_a_committer_cancelled_while_gathering_leaves_no_caller_waiting(
     outcomes = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 5)
     assert isinstance(outcomes[0], asyncio.CancelledError)
     assert all(isinstance(outcome, RuntimeError) for outcome in outcomes[1:])
+
+
+def _single_writer(db_engine: AsyncEngine) -> GroupCommitter:
+    committer = GroupCommitter(db_engine)
+    if committer.writers != 1:
+        pytest.skip("only SQLite's single writer waits for more units")
+    return committer
+
+
+async def _late_caller(committer: GroupCommitter, turns: int) -> int:
+    """Hands over a unit `turns` loop turns from now (a request still being parsed)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    return await committer.run(lambda conn: _scalar(conn, turns))
 
 
 async def _scalar(conn: AsyncConnection, value: int) -> int:
