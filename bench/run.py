@@ -130,6 +130,11 @@ class Load:
     requests: int
     failures: int
     acked: int = 0
+    cpu_seconds: float = 0.0  # used by the process serving the load (user + system)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
 
 def combined(loads: list[Load]) -> Load:
@@ -142,6 +147,7 @@ def combined(loads: list[Load]) -> Load:
         requests=sum(load.requests for load in loads),
         failures=sum(load.failures for load in loads),
         acked=sum(load.acked for load in loads),
+        cpu_seconds=sum(load.cpu_seconds for load in loads),
     )
 
 
@@ -165,7 +171,16 @@ def lua_string(value: str) -> str:
     return json.dumps(value)
 
 
-def run_wrk(url: str, script: str, workdir: Path, seconds: float = SECONDS) -> Load:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    url: str, script: str, workdir: Path, seconds: float = SECONDS, server_pid: int | None = None
+) -> Load:
+    """wrk against `url`; with `server_pid`, also the CPU time that process used meanwhile."""
     script_path = workdir / f"wrk-{uuid.uuid4().hex[:6]}.lua"
     script_path.write_text(script + DONE_LUA)
     command = [
@@ -179,7 +194,9 @@ def run_wrk(url: str, script: str, workdir: Path, seconds: float = SECONDS) -> L
         str(script_path),
         url,
     ]
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    cpu_used = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if completed.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed: {completed.stdout}\n{completed.stderr}")
@@ -192,6 +209,7 @@ def run_wrk(url: str, script: str, workdir: Path, seconds: float = SECONDS) -> L
         requests=data["requests"],
         failures=data["socket_errors"] + data["non2xx"],
         acked=data["acked"],
+        cpu_seconds=cpu_used,
     )
 
 
@@ -316,9 +334,19 @@ def measure_delivery(base: str, callloop: str, run: str) -> list[float]:
     return list(latencies.values())
 
 
-def bench_database(
-    kind: str, workdir: Path, loop_url: str, callloop_url: str, proxy_url: str
-) -> DbResult:
+@dataclass
+class Fakes:
+    """The processes the service is measured against (and their pids, for their CPU time)."""
+
+    loop_url: str
+    callloop_url: str
+    fakes_pid: int  # fake LoopMessage and Call Loop
+    proxy_url: str
+    proxy_pid: int  # the bare proxy
+
+
+def bench_database(kind: str, workdir: Path, fakes: Fakes) -> DbResult:
+    loop_url, callloop_url = fakes.loop_url, fakes.callloop_url
     result = DbResult(kind)
     run = uuid.uuid4().hex[:8]
     pg_name = f"optin_bench_{run}"
@@ -384,10 +412,17 @@ def bench_database(
                     static_script("POST", upstream_body, {"Authorization": LOOP_KEY}),
                     workdir,
                     seconds,
+                    fakes.fakes_pid,
                 )
             )
             rounds["bare proxy"].append(
-                run_wrk(proxy_url, static_script("POST", upstream_body), workdir, seconds)
+                run_wrk(
+                    fakes.proxy_url,
+                    static_script("POST", upstream_body),
+                    workdir,
+                    seconds,
+                    fakes.proxy_pid,
+                )
             )
             rounds["link"].append(
                 run_wrk(
@@ -395,10 +430,11 @@ def bench_database(
                     static_script("POST", link_body, {"User-Agent": "Mozilla/5.0 (iPhone) bench"}),
                     workdir,
                     seconds,
+                    service.pid,
                 )
             )
             rounds["healthz"].append(
-                run_wrk(f"{base}/healthz", static_script("GET", ""), workdir, seconds)
+                run_wrk(f"{base}/healthz", static_script("GET", ""), workdir, seconds, service.pid)
             )
             round_dir = acked_dir / f"round-{number}"
             round_dir.mkdir()
@@ -409,7 +445,7 @@ def bench_database(
                 "acked_dir": str(round_dir),
             }
             rounds["webhook"].append(
-                run_wrk(f"{base}/v1/webhooks/loopmessage", script, workdir, seconds)
+                run_wrk(f"{base}/v1/webhooks/loopmessage", script, workdir, seconds, service.pid)
             )
             # The next round starts with the delivery backlog of this one sent.
             if not wait_drained(db_url, 120):
@@ -437,7 +473,7 @@ def bench_database(
             ],
         }
 
-        acked = set()
+        acked: set[str] = set()
         for path in acked_dir.glob("round-*/acked-*.txt"):
             acked.update(line for line in path.read_text().splitlines() if line)
         stored = asyncio.run(stored_webhook_ids(db_url))
@@ -552,6 +588,26 @@ def table(results: list[DbResult]) -> tuple[str, bool]:
         )
         rows.append(
             (
+                "service CPU per request: healthz / webhook / link",
+                "user + system, /proc",
+                f"{h.cpu_us_per_request:.0f} / {w.cpu_us_per_request:.0f} / "
+                f"{lk.cpu_us_per_request:.0f} µs",
+                "—",
+                True,
+            )
+        )
+        if r.bare_proxy is not None:
+            rows.append(
+                (
+                    "reference CPU per request: upstream / bare proxy",
+                    "user + system, /proc",
+                    f"{up.cpu_us_per_request:.0f} / {r.bare_proxy.cpu_us_per_request:.0f} µs",
+                    "—",
+                    True,
+                )
+            )
+        rows.append(
+            (
                 "peak RSS of the service",
                 "VmHWM",
                 f"{r.peak_rss_mb:.0f} MB",
@@ -571,7 +627,7 @@ def main() -> int:
     kinds = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
     workdir = Path(tempfile.mkdtemp(prefix="optin-bench-"))
     loop_port, callloop_port = free_port(), free_port()
-    fakes = subprocess.Popen(
+    fake_servers = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "fakes.py"), str(loop_port), str(callloop_port)],
         cwd=ROOT,
     )
@@ -588,15 +644,21 @@ def main() -> int:
         ],
         cwd=ROOT,
     )
-    proxy_url = f"http://127.0.0.1:{proxy_port}/"
+    fakes = Fakes(
+        loop_url=loop_url,
+        callloop_url=callloop_url,
+        fakes_pid=fake_servers.pid,
+        proxy_url=f"http://127.0.0.1:{proxy_port}/",
+        proxy_pid=proxy.pid,
+    )
     results: list[DbResult] = []
     try:
         wait_http(f"{callloop_url}/__bench/receipts")
         wait_http(f"{loop_url}/api/v1/webhooks/history/")
         for kind in kinds:
-            results.append(bench_database(kind, workdir, loop_url, callloop_url, proxy_url))
+            results.append(bench_database(kind, workdir, fakes))
     finally:
-        for process in (fakes, proxy):
+        for process in (fake_servers, proxy):
             process.send_signal(signal.SIGTERM)
             process.wait(10)
     rendered, all_ok = table(results)
