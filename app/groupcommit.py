@@ -41,7 +41,7 @@ Work = Callable[[AsyncConnection], Awaitable[Any]]
 
 BatchWork = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
-GATHER_TURNS = 8  # loop turns a single writer waits at most for more units (see `_gather`)
+GATHER_TURNS = 8  # loop turns SQLite's writer waits at most for more units (see `_gather`)
 
 
 class _Item:
@@ -206,7 +206,7 @@ class GroupCommitter:
         return await future
 
     async def _gather(self) -> None:
-        """Let units about to be handed over join the batch (a single writer: SQLite's).
+        """Let units about to be handed over join the batch (SQLite's single writer).
 
         The SQLite commit blocks the event loop, so requests that arrived during it are only
         parsed afterwards, a few loop turns each; committing at the first of them made batches
@@ -229,7 +229,7 @@ class GroupCommitter:
         while True:
             batch = [await self._queue.get()]
             try:
-                if self.writers == 1:
+                if self._sync_engine is not None:  # SQLite: the commit holds the loop
                     await self._gather()
                 while len(batch) < self.max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())

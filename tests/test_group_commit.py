@@ -220,10 +220,9 @@ async def test_a_committer_cancelled_while_gathering_leaves_no_caller_waiting(
 
 
 def _single_writer(db_engine: AsyncEngine) -> GroupCommitter:
-    committer = GroupCommitter(db_engine)
-    if committer.writers != 1:
+    if db_engine.dialect.name != "sqlite":
         pytest.skip("only SQLite's single writer waits for more units")
-    return committer
+    return GroupCommitter(db_engine)
 
 
 async def _late_caller(committer: GroupCommitter, turns: int) -> int:
