@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
+import random
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -124,10 +125,31 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class StdoutHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stdout` is at the time (it may be swapped, e.g. by a test runner)."""
+    """Writes to whatever `sys.stdout` is at the time (it may be swapped, e.g. by a test runner).
+
+    On the event loop's thread, the lines of one turn of the loop go out in one write, at the
+    start of the next turn (before the loop waits for anything), instead of one write each: a
+    system call per request saved under load. Elsewhere (threads, the CLI) each line is flushed
+    at once. A process killed outright loses at most the lines of the turn it was in.
+    """
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
+        self._flush_scheduled = False
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().flush()
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        super().flush()
 
     @property
     def stream(self) -> TextIO:
@@ -186,6 +208,12 @@ INTERNAL_ERROR_BODY = json.dumps(
 ).encode()
 
 
+def new_request_id() -> str:
+    """32 hex digits to correlate a request's log lines: unique, not secret, so drawn from the
+    process's PRNG (reseeded after a fork) rather than the OS's random source (a system call)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 class HttpMiddleware:
     """Request id (X-Request-ID in and out), security headers, metrics and one access log line.
 
@@ -204,7 +232,7 @@ class HttpMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")[:100]
                 break
-        request_id = incoming if incoming and incoming.isprintable() else uuid.uuid4().hex
+        request_id = incoming if incoming and incoming.isprintable() else new_request_id()
         token = request_id_var.set(request_id)
         # Swagger UI and ReDoc pages load their own scripts: they keep the other headers only.
         docs_page = scope["path"] in ("/docs", "/redoc", "/docs/oauth2-redirect")

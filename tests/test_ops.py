@@ -3,8 +3,11 @@ standalone worker, and logs (JSON with request id, console format, nothing perso
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -323,3 +326,41 @@ def test_request_id_header_is_bounded_and_printable() -> None:
     tab_id, long_id = asyncio.run(run())
     assert "\t" not in tab_id
     assert long_id == "x" * 100
+
+
+class _CountingRaw(io.RawIOBase):
+    """A file that records each write it is given (what reaches the OS, one system call each)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+async def test_log_lines_of_one_loop_turn_go_out_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.observability import configure_logging
+
+    raw = _CountingRaw()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8"))
+    configure_logging("json", "INFO", [])
+    log = logging.getLogger("optin.test")
+    for number in range(3):
+        log.info("line", extra={"number": number})
+    assert raw.writes == []  # nothing waits on I/O before the loop turns
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    [written] = raw.writes
+    assert [json.loads(line)["number"] for line in written.decode().splitlines()] == [0, 1, 2]
+
+    def from_a_thread() -> None:  # no event loop there: flushed line by line
+        log.info("from a thread")
+
+    await asyncio.to_thread(from_a_thread)
+    assert b"from a thread" in raw.writes[-1]
