@@ -163,15 +163,17 @@ class BulkInsert:
         self.names = (*columns, *(column.name for column in self.defaulted))
         self.ignore_conflict_on = ignore_conflict_on
         self.returning = returning
-        self._sql: dict[tuple[str, int], str] = {}
+        self._sql: dict[tuple[str, int, int], str] = {}
         self._processors: dict[str, list[tuple[int, Any]]] = {}
         pick = operator.itemgetter(*columns)  # one value, or a tuple of them for several keys
         self._values_of: Callable[[dict[str, Any]], list[Any]] = (
             (lambda row: list(pick(row))) if len(columns) > 1 else (lambda row: [pick(row)])
         )
 
-    def _statement(self, dialect: Any, rows: int) -> str:
-        key = (dialect.name, rows)
+    def _statement(self, dialect: Any, rows: int, first: int = 1) -> str:
+        """The statement for `rows` rows; with asyncpg's numbered parameters, the first is
+        `$first` (a statement embedded after another one's parameters)."""
+        key = (dialect.name, rows, first)
         sql = self._sql.get(key)
         if sql is None:
             quote = dialect.identifier_preparer.quote
@@ -181,7 +183,7 @@ class BulkInsert:
             elif dialect.paramstyle in ("numeric_dollar", "numeric"):
                 mark = "$" if dialect.paramstyle == "numeric_dollar" else ":"
                 groups = [
-                    "(" + ", ".join(f"{mark}{r * width + c + 1}" for c in range(width)) + ")"
+                    "(" + ", ".join(f"{mark}{r * width + c + first}" for c in range(width)) + ")"
                     for r in range(rows)
                 ]
             else:  # pragma: no cover - only SQLite's and asyncpg's drivers are supported
@@ -220,38 +222,70 @@ class BulkInsert:
             values.append(default.arg(None) if default.is_callable else default.arg)
         return values
 
+    def values(self, dialect: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """The driver values of `rows`, flat, in the statement's order."""
+        processors = self._converters(dialect)
+        converted: dict[int, Any] = {}  # id(value) -> driver value, for values rows share
+        flat: list[Any] = []
+        for row in rows:
+            if len(row) != len(self.columns):  # a key this statement would drop
+                raise ValueError(f"{self.table.name}: row keys {sorted(row)} != columns")
+            values = self._values_of(row)
+            if self.defaulted:
+                values += self._defaults()
+            for position, process in processors:
+                value = values[position]
+                if value is None:
+                    continue
+                if isinstance(value, datetime):
+                    key = id(value)
+                    if key not in converted:
+                        converted[key] = (value, process(value))
+                    values[position] = converted[key][1]
+                else:
+                    values[position] = process(value)
+            flat += values
+        return flat
+
     async def execute(self, conn: Any, rows: list[dict[str, Any]]) -> list[Any]:
         """Insert `rows` (dicts keyed by `columns`); the RETURNING rows of those inserted."""
         dialect = conn.dialect
-        processors = self._converters(dialect)
         returned: list[Any] = []
         step = max(1, self.MAX_VALUES // len(self.names))  # rows per statement
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            converted: dict[int, Any] = {}  # id(value) -> driver value, for values rows share
-            flat: list[Any] = []
-            for row in chunk:
-                if len(row) != len(self.columns):  # a key this statement would drop
-                    raise ValueError(f"{self.table.name}: row keys {sorted(row)} != columns")
-                values = self._values_of(row)
-                if self.defaulted:
-                    values += self._defaults()
-                for position, process in processors:
-                    value = values[position]
-                    if value is None:
-                        continue
-                    if isinstance(value, datetime):
-                        key = id(value)
-                        if key not in converted:
-                            converted[key] = (value, process(value))
-                        values[position] = converted[key][1]
-                    else:
-                        values[position] = process(value)
-                flat += values
-            result = await conn.exec_driver_sql(self._statement(dialect, len(chunk)), tuple(flat))
+            result = await conn.exec_driver_sql(
+                self._statement(dialect, len(chunk)), tuple(self.values(dialect, chunk))
+            )
             if self.returning:
                 returned.extend(result.all())
         return returned
+
+
+async def insert_together(conn: Any, *parts: tuple[BulkInsert, list[dict[str, Any]]]) -> None:
+    """Several `BulkInsert`s (none with RETURNING) in one round trip where the database allows:
+    on PostgreSQL one statement, the first inserts as data-modifying WITH queries (each sees
+    the rows the transaction inserted before it; none depends on another's rows). Elsewhere, or
+    past the bound-value limit, one statement each, in order."""
+    parts = tuple((insert, rows) for insert, rows in parts if rows)
+    dialect = conn.dialect
+    if (
+        len(parts) < 2
+        or dialect.name != "postgresql"
+        or sum(len(rows) * len(insert.names) for insert, rows in parts) > BulkInsert.MAX_VALUES
+    ):
+        for insert, rows in parts:
+            await insert.execute(conn, rows)
+        return
+    statements: list[str] = []
+    values: list[Any] = []
+    for insert, rows in parts:
+        assert not insert.returning, "only the last statement's rows could be returned"
+        statements.append(insert._statement(dialect, len(rows), first=len(values) + 1))
+        values += insert.values(dialect, rows)
+    *first, last = statements
+    ctes = ", ".join(f"inserted_{n} AS ({sql})" for n, sql in enumerate(first))
+    await conn.exec_driver_sql(f"WITH {ctes} {last}", tuple(values))
 
 
 def table_of(model: type[Base]) -> Table:

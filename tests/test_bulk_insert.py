@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import BulkInsert, table_of, utcnow
+from app.db import BulkInsert, insert_together, table_of, utcnow
+from app.delivery.jobs import BULK_INSERT_JOBS, BULK_INSERT_MEMBERSHIPS
 from app.models import Subscriber
 from tests.conftest import ApiFactory, opt_in_payload
 
@@ -119,3 +121,73 @@ async def test_a_row_with_a_key_the_statement_would_drop_is_refused(
     async with db_engine.begin() as conn:
         with pytest.raises(ValueError, match="subscribers"):
             await statement.execute(conn, [row])
+
+
+async def test_inserts_made_together_take_one_statement_on_postgresql(
+    db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = utcnow()
+    async with db_engine.begin() as conn:
+        [subscriber] = await BulkInsert(
+            table_of(Subscriber), ("contact", "status"), returning=("id",)
+        ).execute(conn, [{"contact": "+15555550951", "status": "active"}])
+    memberships = [
+        {
+            "subscriber_id": subscriber.id,
+            "group_hash": f"hash-{n}",
+            "group_url": f"https://callloop.test/r/?group-{n}",
+            "route_key": "default",
+            "status": "active",
+            "joined_at": now,
+        }
+        for n in range(3)
+    ]
+    jobs = [
+        {
+            "kind": "subscribe",
+            "subscriber_id": subscriber.id,
+            "opt_in_id": None,
+            "created_at": now,
+            "updated_at": now,
+            "next_attempt_at": now,
+            "attempts": 0,
+            "route_key": None,
+            "target_url": f"https://callloop.test/r/?group-{n}",
+            "follow_up_url": None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "payload": {"phone": "+15555550951"},
+            "status": "pending",
+            "completed_at": None,
+            "last_error": None,
+        }
+        for n in range(3)
+    ]
+    statements: list[str] = []
+    event.listen(
+        db_engine.sync_engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, sql, *_args: statements.append(sql),
+    )
+    async with db_engine.begin() as conn:
+        await insert_together(
+            conn, (BULK_INSERT_MEMBERSHIPS, memberships[:2]), (BULK_INSERT_JOBS, jobs[:2])
+        )
+    inserts = [sql for sql in statements if "INSERT" in sql]
+    postgres = db_engine.dialect.name == "postgresql"
+    assert len(inserts) == (1 if postgres else 2)
+
+    # Past the bound-value limit: one statement each, as BulkInsert alone would split them.
+    monkeypatch.setattr(BulkInsert, "MAX_VALUES", len(BULK_INSERT_JOBS.names))  # a row each
+    statements.clear()
+    async with db_engine.begin() as conn:
+        await insert_together(
+            conn, (BULK_INSERT_MEMBERSHIPS, memberships[2:]), (BULK_INSERT_JOBS, jobs[2:])
+        )
+    assert len([sql for sql in statements if "INSERT" in sql]) == 2
+
+    stored = await raw_rows(db_engine, "SELECT group_hash FROM group_memberships ORDER BY id")
+    assert [row["group_hash"] for row in stored] == ["hash-0", "hash-1", "hash-2"]
+    stored = await raw_rows(db_engine, "SELECT target_url, status FROM delivery_jobs ORDER BY id")
+    assert [row["target_url"][-7:] for row in stored] == ["group-0", "group-1", "group-2"]
+    assert {row["status"] for row in stored} == {"pending"}

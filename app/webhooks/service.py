@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import BulkInsert, insert_ignore, insert_ignore_returning, table_of, utcnow
+from app.db import (
+    BulkInsert,
+    insert_ignore,
+    insert_ignore_returning,
+    insert_together,
+    table_of,
+    utcnow,
+)
 from app.delivery.jobs import (
     BULK_INSERT_JOBS,
     BULK_INSERT_MEMBERSHIPS,
@@ -292,11 +299,14 @@ async def _store_new_contacts(
         for parsed in new
         if parsed.contact is not None and parsed.webhook_id in opt_in_ids
     }
-    joined = [plan.membership for plan in plans.values() if plan.membership is not None]
-    if joined:
-        await BULK_INSERT_MEMBERSHIPS.execute(conn, joined)
-    if plans:
-        await BULK_INSERT_JOBS.execute(conn, [plan.job for plan in plans.values()])
+    await insert_together(
+        conn,
+        (
+            BULK_INSERT_MEMBERSHIPS,
+            [plan.membership for plan in plans.values() if plan.membership is not None],
+        ),
+        (BULK_INSERT_JOBS, [plan.job for plan in plans.values()]),
+    )
     outcomes: list[IntakeOutcome | None] = []
     for parsed in batch:
         if parsed.contact not in subscriber_ids:
