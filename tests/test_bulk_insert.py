@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import BulkInsert, insert_together, table_of, utcnow
@@ -123,29 +123,26 @@ async def test_a_row_with_a_key_the_statement_would_drop_is_refused(
             await statement.execute(conn, [row])
 
 
-async def test_inserts_made_together_take_one_statement_on_postgresql(
-    db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    now = utcnow()
-    async with db_engine.begin() as conn:
-        [subscriber] = await BulkInsert(
-            table_of(Subscriber), ("contact", "status"), returning=("id",)
-        ).execute(conn, [{"contact": "+15555550951", "status": "active"}])
-    memberships = [
+def _memberships(subscriber_id: int, names: range) -> list[dict[str, Any]]:
+    return [
         {
-            "subscriber_id": subscriber.id,
+            "subscriber_id": subscriber_id,
             "group_hash": f"hash-{n}",
             "group_url": f"https://callloop.test/r/?group-{n}",
             "route_key": "default",
             "status": "active",
-            "joined_at": now,
+            "joined_at": utcnow(),
         }
-        for n in range(3)
+        for n in names
     ]
-    jobs = [
+
+
+def _jobs(subscriber_id: int, names: range, kind: str | None = "subscribe") -> list[dict[str, Any]]:
+    now = utcnow()
+    return [
         {
-            "kind": "subscribe",
-            "subscriber_id": subscriber.id,
+            "kind": kind,
+            "subscriber_id": subscriber_id,
             "opt_in_id": None,
             "created_at": now,
             "updated_at": now,
@@ -161,33 +158,54 @@ async def test_inserts_made_together_take_one_statement_on_postgresql(
             "completed_at": None,
             "last_error": None,
         }
-        for n in range(3)
+        for n in names
     ]
-    statements: list[str] = []
-    event.listen(
-        db_engine.sync_engine,
-        "before_cursor_execute",
-        lambda _conn, _cursor, sql, *_args: statements.append(sql),
-    )
-    async with db_engine.begin() as conn:
-        await insert_together(
-            conn, (BULK_INSERT_MEMBERSHIPS, memberships[:2]), (BULK_INSERT_JOBS, jobs[:2])
-        )
-    inserts = [sql for sql in statements if "INSERT" in sql]
+
+
+async def _subscriber(engine: AsyncEngine, contact: str) -> int:
+    async with engine.begin() as conn:
+        [row] = await NEW_SUBSCRIBER.execute(conn, [{"contact": contact, "status": "active"}])
+    return int(row.id)
+
+
+NEW_SUBSCRIBER = BulkInsert(table_of(Subscriber), ("contact", "status"), returning=("id",))
+
+
+async def test_inserts_made_together_are_one_statement_on_postgresql(
+    db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscriber_id = await _subscriber(db_engine, "+15555550951")
     postgres = db_engine.dialect.name == "postgresql"
-    assert len(inserts) == (1 if postgres else 2)
 
-    # Past the bound-value limit: one statement each, as BulkInsert alone would split them.
-    monkeypatch.setattr(BulkInsert, "MAX_VALUES", len(BULK_INSERT_JOBS.names))  # a row each
-    statements.clear()
-    async with db_engine.begin() as conn:
-        await insert_together(
-            conn, (BULK_INSERT_MEMBERSHIPS, memberships[2:]), (BULK_INSERT_JOBS, jobs[2:])
+    async def together(memberships: range, jobs: list[dict[str, Any]]) -> None:
+        parts = (
+            (BULK_INSERT_MEMBERSHIPS, _memberships(subscriber_id, memberships)),
+            (BULK_INSERT_JOBS, jobs),
         )
-    assert len([sql for sql in statements if "INSERT" in sql]) == 2
+        if not postgres:
+            async with db_engine.begin() as conn:
+                await insert_together(conn, *parts)
+            return
+        # No transaction: what one statement stores, it stores whole or not at all.
+        async with db_engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await insert_together(autocommit, *parts)
 
-    stored = await raw_rows(db_engine, "SELECT group_hash FROM group_memberships ORDER BY id")
-    assert [row["group_hash"] for row in stored] == ["hash-0", "hash-1", "hash-2"]
-    stored = await raw_rows(db_engine, "SELECT target_url, status FROM delivery_jobs ORDER BY id")
-    assert [row["target_url"][-7:] for row in stored] == ["group-0", "group-1", "group-2"]
-    assert {row["status"] for row in stored} == {"pending"}
+    async def hashes() -> list[str]:
+        rows = await raw_rows(db_engine, "SELECT group_hash FROM group_memberships ORDER BY id")
+        return [row["group_hash"] for row in rows]
+
+    await together(range(2), _jobs(subscriber_id, range(2)))
+    assert await hashes() == ["hash-0", "hash-1"]
+    assert len(await raw_rows(db_engine, "SELECT id FROM delivery_jobs")) == 2
+
+    with pytest.raises(DBAPIError):  # a job without a kind: refused by the database
+        await together(range(2, 3), _jobs(subscriber_id, range(1), kind=None))
+    # PostgreSQL, outside a transaction: one statement, refused whole (SQLite: rolled back).
+    assert await hashes() == ["hash-0", "hash-1"]
+
+    # Past the bound-value limit: one statement each, so there the memberships' stands.
+    monkeypatch.setattr(BulkInsert, "MAX_VALUES", len(BULK_INSERT_JOBS.names))
+    with pytest.raises(DBAPIError):
+        await together(range(3, 4), _jobs(subscriber_id, range(1), kind=None))
+    assert ("hash-3" in await hashes()) == postgres
