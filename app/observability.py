@@ -135,7 +135,8 @@ class StdoutHandler(logging.StreamHandler):
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
-        self._flush_scheduled = False
+        # The loop a flush is scheduled on (a loop stopped before running it schedules none).
+        self._flush_pending_on: asyncio.AbstractEventLoop | None = None
 
     def flush(self) -> None:
         try:
@@ -143,12 +144,12 @@ class StdoutHandler(logging.StreamHandler):
         except RuntimeError:
             super().flush()
             return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._flush_pending_on is not loop:
+            self._flush_pending_on = loop
             loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
-        self._flush_scheduled = False
+        self._flush_pending_on = None
         super().flush()
 
     @property

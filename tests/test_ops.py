@@ -364,3 +364,33 @@ async def test_log_lines_of_one_loop_turn_go_out_in_one_write(
 
     await asyncio.to_thread(from_a_thread)
     assert b"from a thread" in raw.writes[-1]
+
+
+def test_a_line_left_by_a_stopped_loop_goes_out_with_the_next_loops_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.observability import configure_logging
+
+    raw = _CountingRaw()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8"))
+    configure_logging("json", "INFO", [])
+    log = logging.getLogger("optin.test")
+
+    async def log_and_stop() -> None:
+        log.info("first")
+        asyncio.get_running_loop().stop()  # before the turn that would have written the line
+
+    async def log_line() -> None:
+        log.info("second")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(log_and_stop())
+    first.close()
+    assert raw.writes == []
+    second = asyncio.new_event_loop()
+    second.run_until_complete(log_line())
+    second.close()
+    written = b"".join(raw.writes).decode()
+    assert [json.loads(line)["msg"] for line in written.splitlines()] == ["first", "second"]
