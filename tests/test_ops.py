@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -342,14 +342,27 @@ class _CountingRaw(io.RawIOBase):
         return len(data)
 
 
-async def test_log_lines_of_one_loop_turn_go_out_in_one_write(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from app.observability import configure_logging
+@pytest.fixture
+def recorded_stdout(monkeypatch: pytest.MonkeyPatch) -> Callable[[], _CountingRaw]:
+    """Puts the service's logging (JSON) on a buffered stdout whose writes to the OS are
+    recorded. Called inside the test: pytest sets its own sys.stdout again after set-up."""
 
-    raw = _CountingRaw()
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8"))
-    configure_logging("json", "INFO", [])
+    def install() -> _CountingRaw:
+        from app.observability import configure_logging
+
+        raw = _CountingRaw()
+        stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        configure_logging("json", "INFO", [])
+        return raw
+
+    return install
+
+
+async def test_log_lines_of_one_loop_turn_go_out_in_one_write(
+    recorded_stdout: Callable[[], _CountingRaw],
+) -> None:
+    raw = recorded_stdout()
     log = logging.getLogger("optin.test")
     for number in range(3):
         log.info("line", extra={"number": number})
@@ -367,13 +380,9 @@ async def test_log_lines_of_one_loop_turn_go_out_in_one_write(
 
 
 def test_a_line_left_by_a_stopped_loop_goes_out_with_the_next_loops_lines(
-    monkeypatch: pytest.MonkeyPatch,
+    recorded_stdout: Callable[[], _CountingRaw],
 ) -> None:
-    from app.observability import configure_logging
-
-    raw = _CountingRaw()
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8"))
-    configure_logging("json", "INFO", [])
+    raw = recorded_stdout()
     log = logging.getLogger("optin.test")
 
     async def log_and_stop() -> None:
