@@ -170,7 +170,7 @@ class BulkInsert:
             (lambda row: list(pick(row))) if len(columns) > 1 else (lambda row: [pick(row)])
         )
 
-    def _statement(self, dialect: Any, rows: int, first: int = 1) -> str:
+    def statement(self, dialect: Any, rows: int, first: int = 1) -> str:
         """The statement for `rows` rows; with asyncpg's numbered parameters, the first is
         `$first` (a statement embedded after another one's parameters)."""
         key = (dialect.name, rows, first)
@@ -255,7 +255,7 @@ class BulkInsert:
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             result = await conn.exec_driver_sql(
-                self._statement(dialect, len(chunk)), tuple(self.values(dialect, chunk))
+                self.statement(dialect, len(chunk)), tuple(self.values(dialect, chunk))
             )
             if self.returning:
                 returned.extend(result.all())
@@ -281,7 +281,7 @@ async def insert_together(conn: Any, *parts: tuple[BulkInsert, list[dict[str, An
     values: list[Any] = []
     for insert, rows in parts:
         assert not insert.returning, "only the last statement's rows could be returned"
-        statements.append(insert._statement(dialect, len(rows), first=len(values) + 1))
+        statements.append(insert.statement(dialect, len(rows), first=len(values) + 1))
         values += insert.values(dialect, rows)
     *first, last = statements
     ctes = ", ".join(f"inserted_{n} AS ({sql})" for n, sql in enumerate(first))
