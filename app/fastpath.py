@@ -13,6 +13,7 @@ and the link endpoint hands them every request it does not answer itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,12 +77,20 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
 async def send_json_bytes(
-    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    raw: RawHeaders = (),
 ) -> None:
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *raw,
     ]
     raw_headers += [
         (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
@@ -91,10 +100,14 @@ async def send_json_bytes(
 
 
 async def send_json(
-    send: Send, status: int, content: Any, headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    content: Any,
+    headers: dict[str, str] | None = None,
+    raw: RawHeaders = (),
 ) -> None:
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
-    await send_json_bytes(send, status, body, headers)
+    await send_json_bytes(send, status, body, headers, raw)
 
 
 class FrontDoor:

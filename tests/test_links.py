@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from app.links.endpoint import CorsHeaders
 from tests.conftest import ALLOWED_ORIGIN, LOOP_API_KEY, VISITOR_IP, Api, ApiFactory, Fakes
 from tests.fakes.servers import Scripted
 from tests.test_ops import scrape, value
@@ -202,6 +204,42 @@ async def test_cors_allows_only_configured_origins(api: Api) -> None:
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert bad_preflight.headers.get("access-control-allow-origin") is None
+
+
+CORS_HEADERS = (
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+    "vary",
+)
+
+
+def cors_of(response: httpx.Response) -> dict[str, list[str]]:
+    return {name: response.headers.get_list(name) for name in CORS_HEADERS}
+
+
+@pytest.mark.parametrize("remembered", [1024, 1], ids=["remembered", "forgotten-each-time"])
+async def test_answered_link_has_the_cors_headers_of_the_app_middleware(
+    api: Api, monkeypatch: pytest.MonkeyPatch, remembered: int
+) -> None:
+    # The link endpoint answers a well-formed request itself, with the CORS headers Starlette's
+    # middleware gave the first request from that Origin; a refused body goes through the
+    # middleware itself. Both must carry the same, from cache or not, for every kind of Origin.
+    monkeypatch.setattr(CorsHeaders, "MAX_ORIGINS", remembered)
+    for _ in range(2):
+        for origin in (ALLOWED_ORIGIN, "https://evil.example", None):
+            headers = {"Origin": origin} if origin else {}
+            answered = await api.client.post(
+                "/v1/opt-in-links", json={"click_id": "clk-cors"}, headers=headers
+            )
+            refused = await api.client.post(
+                "/v1/opt-in-links", json={"click_id": 5}, headers=headers
+            )
+            assert (answered.status_code, refused.status_code) == (200, 422)
+            assert cors_of(answered) == cors_of(refused), origin
+            assert cors_of(answered)["vary"] == ["Origin"]
+            allowed = [ALLOWED_ORIGIN] if origin == ALLOWED_ORIGIN else []
+            assert cors_of(answered)["access-control-allow-origin"] == allowed
 
 
 @pytest.mark.parametrize(
