@@ -41,7 +41,7 @@ Work = Callable[[AsyncConnection], Awaitable[Any]]
 
 BatchWork = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
-GATHER_TURNS = 8  # loop turns SQLite's writer waits at most for more units (see `_gather`)
+GATHER_TURNS = 8  # loop turns a writer waits at most for more units (see `_gather`)
 
 
 class _Item:
@@ -133,6 +133,7 @@ class GroupCommitter:
         self.engine = engine
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._forming = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
@@ -140,6 +141,7 @@ class GroupCommitter:
         self._held: dict[int, AsyncConnection] = {}  # PostgreSQL: each writer's connection
         # SQLite has one writer; PostgreSQL overlaps a few batches' round trips (row locks
         # order them; a deadlock between two batches just replays their units one by one).
+        # Either way one writer at a time forms its batch (see `_gather`).
         self.writers = writers
         if is_sqlite(engine.url.render_as_string(hide_password=False)):
             self._sync_engine = create_sqlite_writer_engine(
@@ -206,15 +208,18 @@ class GroupCommitter:
         return await future
 
     async def _gather(self) -> None:
-        """Let units about to be handed over join the batch (SQLite's single writer).
+        """Let units about to be handed over join the batch being formed.
 
-        The SQLite commit blocks the event loop, so requests that arrived during it are only
-        parsed afterwards, a few loop turns each; committing at the first of them made batches
-        of a handful. This gives the loop one turn at a time while that brings new units, at
-        most GATHER_TURNS: no wait on a timer, so a lone request is delayed by one loop turn.
-        Measured under 16 concurrent webhooks: batches of ~6 grew to ~16 (every connection) and
-        the intake's throughput rose by a third. PostgreSQL's writers overlap their round trips
-        instead (gathering there measured no better)."""
+        Requests arrive a few loop turns apart (on SQLite, those that came during a COMMIT,
+        which runs on the event loop, are parsed only after it); committing at the first of
+        them made batches of a handful. This gives the loop one turn at a time while that
+        brings new units, at most GATHER_TURNS: no wait on a timer, so a lone request is
+        delayed by one loop turn. One writer forms a batch at a time (`_forming`); the others
+        meanwhile run theirs. Measured under 16 concurrent webhooks on SQLite: batches of ~6
+        grew to ~16 and the intake's throughput rose by a third. On PostgreSQL, where each of
+        the 4 writers used to take the next unit as soon as it was free: batches of webhooks
+        grew from ~5 to ~11 and of link requests from ~3 to ~6; throughput +4-18 % (intake)
+        and +21-37 % (links), with 15-30 % less CPU a request (paired runs)."""
         waiting = self._queue.qsize()
         for _ in range(GATHER_TURNS):
             if waiting + 1 >= self.max_batch:
@@ -227,12 +232,13 @@ class GroupCommitter:
 
     async def _run(self, slot: int) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch: list[_Item] = []
             try:
-                if self._sync_engine is not None:  # SQLite: the commit holds the loop
+                async with self._forming:  # one writer forms a batch while others commit theirs
+                    batch.append(await self._queue.get())
                     await self._gather()
-                while len(batch) < self.max_batch and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                    while len(batch) < self.max_batch and not self._queue.empty():
+                        batch.append(self._queue.get_nowait())
                 live = [item for item in batch if not item.future.done()]  # callers may be gone
                 if live:
                     outcomes = await self._commit(live, slot)

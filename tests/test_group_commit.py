@@ -185,7 +185,7 @@ async def test_every_caller_gets_its_own_result(db_engine: AsyncEngine, units: i
 async def test_units_handed_over_a_few_loop_turns_apart_share_one_commit(
     db_engine: AsyncEngine,
 ) -> None:
-    committer = _single_writer(db_engine)
+    committer = GroupCommitter(db_engine)  # one writer on SQLite, several on PostgreSQL
     try:
         results = await asyncio.gather(*(_late_caller(committer, turns) for turns in range(6)))
         assert results == list(range(6))
@@ -200,7 +200,7 @@ async def test_units_handed_over_a_few_loop_turns_apart_share_one_commit(
 async def test_a_committer_cancelled_while_gathering_leaves_no_caller_waiting(
     db_engine: AsyncEngine,
 ) -> None:
-    committer = _single_writer(db_engine)
+    committer = GroupCommitter(db_engine)  # one writer on SQLite, several on PostgreSQL
     callers = [asyncio.create_task(_late_caller(committer, turns)) for turns in range(6)]
     for _ in range(3):  # the writer has the first units and is waiting for the others
         await asyncio.sleep(0)
@@ -217,12 +217,6 @@ async def test_a_committer_cancelled_while_gathering_leaves_no_caller_waiting(
     outcomes = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 5)
     assert isinstance(outcomes[0], asyncio.CancelledError)
     assert all(isinstance(outcome, RuntimeError) for outcome in outcomes[1:])
-
-
-def _single_writer(db_engine: AsyncEngine) -> GroupCommitter:
-    if db_engine.dialect.name != "sqlite":
-        pytest.skip("only SQLite's single writer waits for more units")
-    return GroupCommitter(db_engine)
 
 
 async def _late_caller(committer: GroupCommitter, turns: int) -> int:
