@@ -209,7 +209,7 @@ async def test_logs_never_carry_personal_data_or_secrets(
     )
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.DEBUG)
-    capsys.readouterr()  # start from here
+    await stdout_so_far(capsys)  # start from here
 
     headers = {"X-Request-ID": "trace-log-1"}
     await api.client.post(
@@ -234,7 +234,7 @@ async def test_logs_never_carry_personal_data_or_secrets(
     )
     await wait_until(lambda: _all_finished(api))
 
-    output = capsys.readouterr().out
+    output = await stdout_so_far(capsys)
     lines = log_lines(output)
     assert len(lines) > 10, output[:2000]
     loggers = {line["logger"] for line in lines}
@@ -268,6 +268,12 @@ def httpx_404_echo(url: str, phone: str) -> Any:
     return Scripted(404, text=f"unknown group {url} for {phone}")
 
 
+async def stdout_so_far(capsys: pytest.CaptureFixture[str]) -> str:
+    """What was printed so far: the log lines of a loop turn go out at the start of the next."""
+    await asyncio.sleep(0)
+    return capsys.readouterr().out
+
+
 async def _all_finished(api: Api) -> bool:
     return not await api.deliveries("pending") and not await api.deliveries("in_progress")
 
@@ -276,13 +282,13 @@ async def test_every_log_line_is_json_with_the_request_id(
     capsys: pytest.CaptureFixture[str], make_api: ApiFactory
 ) -> None:
     api = await make_api(run_worker=False)
-    capsys.readouterr()
+    await stdout_so_far(capsys)
     response = await api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     generated = await api.client.get("/healthz")
     request_id = generated.headers["x-request-id"]
     assert len(request_id) >= 16
-    text = capsys.readouterr().out
+    text = await stdout_so_far(capsys)
     lines = [line for line in text.splitlines() if line.strip()]
     parsed = [json.loads(line) for line in lines]  # every line is one JSON object
     access = [line for line in parsed if line["logger"] == "optin.access"]
@@ -295,12 +301,12 @@ async def test_console_format_for_make_run(
     capsys: pytest.CaptureFixture[str], make_api: ApiFactory
 ) -> None:
     api = await make_api(run_worker=False, log_format="console")
-    capsys.readouterr()
+    await stdout_so_far(capsys)
     await api.client.post(
         f"/v1/subscribers/{PHONE}/opt-out",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Request-ID": "console-1"},
     )
-    text = capsys.readouterr().out
+    text = await stdout_so_far(capsys)
     [line] = [line for line in text.splitlines() if "optin.access" in line]
     assert not line.startswith("{")
     assert "INFO" in line and "request" in line and "status=404" in line
@@ -342,16 +348,22 @@ class _CountingRaw(io.RawIOBase):
         return len(data)
 
 
-@pytest.fixture
-def recorded_stdout(monkeypatch: pytest.MonkeyPatch) -> Callable[[], _CountingRaw]:
-    """Puts the service's logging (JSON) on a buffered stdout whose writes to the OS are
-    recorded. Called inside the test: pytest sets its own sys.stdout again after set-up."""
+@pytest.fixture(params=["buffered", "unbuffered"])
+def recorded_stdout(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[], _CountingRaw]:
+    """Puts the service's logging (JSON) on a stdout whose writes to the OS are recorded:
+    buffered, or unbuffered as Python makes it under PYTHONUNBUFFERED (every write a system
+    call). Called inside the test: pytest sets its own sys.stdout again after set-up."""
 
     def install() -> _CountingRaw:
         from app.observability import configure_logging
 
         raw = _CountingRaw()
-        stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+        if request.param == "buffered":
+            stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+        else:
+            stdout = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
         monkeypatch.setattr(sys, "stdout", stdout)
         configure_logging("json", "INFO", [])
         return raw
