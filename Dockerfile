@@ -10,9 +10,9 @@ RUN /opt/venv/bin/pip install --no-deps -r requirements/prod.lock
 
 # Runtime stage: the virtualenv, the code and its migrations, and nothing to build with.
 FROM python:3.11-slim-bookworm
-# No PYTHONUNBUFFERED: the service flushes its log lines itself, once per event-loop turn (one
-# write for the lines of a turn, not one each); stderr, where a crash's traceback goes, is
-# line-buffered anyway.
+# No PYTHONUNBUFFERED needed: the service writes its log lines itself, once per event-loop turn
+# (one write for the lines of a turn), and flushes them; stderr, where a crash's traceback goes,
+# is line-buffered anyway.
 ENV PATH="/opt/venv/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 PORT=8000 LOG_FORMAT=json
 RUN useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin optin
