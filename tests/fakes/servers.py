@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -186,7 +186,9 @@ class ThreadedServer:
     `lifespan="on"` runs the app's start-up and shut-down (the service itself needs it).
     """
 
-    def __init__(self, app: Any, port: int | None = None, lifespan: str = "off") -> None:
+    def __init__(
+        self, app: Any, port: int | None = None, lifespan: Literal["on", "off"] = "off"
+    ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
