@@ -187,12 +187,16 @@ class ThreadedServer:
     """
 
     def __init__(
-        self, app: Any, port: int | None = None, lifespan: Literal["on", "off"] = "off"
+        self,
+        app: Any,
+        port: int | None = None,
+        lifespan: Literal["on", "off"] = "off",
+        **options: Any,  # more of uvicorn.Config's (TLS files, ...)
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan, **options
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
