@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+import uvloop
 
 from app.clients.http1 import HttpCallError, OriginPool
 from tests.conftest import ApiFactory
@@ -221,3 +222,32 @@ async def test_callers_beyond_the_connection_cap_wait_for_a_free_connection(
     pool.close()
     with pytest.raises(HttpCallError):
         await pool.request("GET", "/x")
+
+
+async def test_the_client_works_on_uvloop(
+    raw_loop: StartRaw, tls_loopmessage: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service runs on uvloop (uvicorn's choice when installed), whose transports are not
+    asyncio's classes and whose TLS is its own; the tests above run on asyncio's loop."""
+    fake = await raw_loop(lambda n, _: answer(b'{"n": %d}' % n))
+    tls_url, ca_file = tls_loopmessage
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+
+    async def calls() -> list[int]:
+        statuses = []
+        for base_url in (fake.base_url, tls_url):
+            pool = OriginPool(base_url, 10, connect_timeout_seconds=5)
+            one_by_one = [await pool.request("POST", "/api/v1/opt-in/generate-url/", body=b"{}")]
+            together = await asyncio.gather(
+                *(
+                    pool.request("POST", "/api/v1/opt-in/generate-url/", body=b"{}")
+                    for _ in range(4)
+                )
+            )
+            statuses += [answer.status for answer in (*one_by_one, *together)]
+            pool.close()
+        return statuses
+
+    assert await asyncio.to_thread(uvloop.run, calls()) == [200] * 10
+    assert len(fake.received) == 5
+    assert fake.connections <= 4  # the first connection was kept and used again
