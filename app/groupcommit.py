@@ -8,6 +8,11 @@ Work that is cheaper done for many at once (`run_batched`: the webhook intake, t
 results) is handed over as an argument for a batch function, called once per batch with the
 arguments of every unit that named it.
 
+Rows for a `BulkInsert` (`insert`: the link requests) are the cheapest unit: the rows of a batch
+go in one multi-row statement, and a batch of nothing else runs that statement alone, without
+BEGIN and COMMIT (one statement is atomic by itself), straight on the driver's connection: one
+round trip on PostgreSQL instead of three.
+
 If a unit raises inside a batch, the batch is rolled back and every unit of it is run again in
 its own transaction: the one that fails gets its error, the others are stored as if alone.
 If the commit itself fails, every unit of that batch gets the error (nothing was stored).
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
@@ -31,7 +37,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import SQLITE_BUSY_TIMEOUT_MS, create_sqlite_writer_engine, is_sqlite
+from app.db import SQLITE_BUSY_TIMEOUT_MS, BulkInsert, create_sqlite_writer_engine, is_sqlite
 
 log = logging.getLogger("optin.groupcommit")
 
@@ -46,9 +52,9 @@ GATHER_TURNS = 8  # loop turns a writer waits at most for more units (see `_gath
 
 class _Item:
     """One unit: `work(conn)`, or `argument` for a `batch_work(conn, arguments)` shared by
-    every unit of the batch that names the same `batch_work`."""
+    every unit of the batch that names the same `batch_work`, or a row for `insert`."""
 
-    __slots__ = ("argument", "batch_work", "future", "work")
+    __slots__ = ("argument", "batch_work", "future", "insert", "work")
 
     def __init__(
         self,
@@ -56,11 +62,13 @@ class _Item:
         work: Work | None = None,
         batch_work: BatchWork | None = None,
         argument: Any = None,
+        insert: BulkInsert | None = None,
     ) -> None:
         self.future = future
         self.work = work
         self.batch_work = batch_work
         self.argument = argument
+        self.insert = insert
 
 
 async def _run_units(conn: AsyncConnection, units: list[_Item]) -> list[Any]:
@@ -70,9 +78,14 @@ async def _run_units(conn: AsyncConnection, units: list[_Item]) -> list[Any]:
     for index, unit in enumerate(units):
         if unit.batch_work is not None:
             groups.setdefault(unit.batch_work, []).append(index)
-        else:
-            assert unit.work is not None
+        elif unit.work is not None:
             results[index] = await unit.work(conn)
+    rows: dict[BulkInsert, list[Any]] = {}
+    for unit in units:
+        if unit.insert is not None:
+            rows.setdefault(unit.insert, []).append(unit.argument)
+    for insert, its_rows in rows.items():
+        await insert.execute(conn, its_rows)
     for batch_work, indexes in groups.items():
         values = await batch_work(conn, [units[index].argument for index in indexes])
         for index, value in zip(indexes, values, strict=True):
@@ -207,6 +220,16 @@ class GroupCommitter:
         self._queue.put_nowait(_Item(future, batch_work=batch_work, argument=argument))
         return await future
 
+    async def insert(self, insert: BulkInsert, row: dict[str, Any]) -> None:
+        """Store `row` with `insert` in the next batch; return once that batch is committed.
+        The rows of a batch go in one statement; a batch of rows only runs without BEGIN and
+        COMMIT (see the module's docstring)."""
+        if not self._tasks:
+            self.start()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(future, insert=insert, argument=row))
+        await future
+
     async def _gather(self) -> None:
         """Let units about to be handed over join the batch being formed.
 
@@ -260,9 +283,68 @@ class GroupCommitter:
                     self._queue.task_done()
 
     async def _commit(self, live: list[_Item], slot: int) -> list[_Outcome]:
+        insert = live[0].insert
+        if insert is not None and all(item.insert is insert for item in live):
+            # Rows of one BulkInsert only: one statement, no transaction. If it fails (a
+            # constraint, the database gone), nothing of it was stored: the rows are replayed
+            # one by one below, each in a transaction of its own, for its own error.
+            rows = [item.argument for item in live]
+            try:
+                if self._sync_engine is not None:
+                    stored = self._insert_sqlite(insert, rows)
+                else:
+                    stored = await self._insert_async(insert, rows, slot)
+            except Exception as exc:
+                self._note(len(live), True, exc)
+                return [(await self._commit_one(item, slot)) for item in live]
+            if stored:
+                self._note(len(live), False, None)
+                return [_Outcome() for _ in live]
         if self._sync_engine is not None:
             return await self._commit_sqlite(live)
         return await self._commit_async(live, slot)
+
+    async def _commit_one(self, item: _Item, slot: int) -> _Outcome:
+        if self._sync_engine is not None:
+            return (await self._commit_sqlite([item]))[0]
+        return (await self._commit_async([item], slot))[0]
+
+    def _insert_sqlite(self, insert: BulkInsert, rows: list[dict[str, Any]]) -> bool:
+        """The rows' statement on the sqlite3 connection, in its autocommit mode (a transaction
+        of its own, fsynced like any commit); False when another connection holds the write
+        lock, or the rows need more than one statement (the caller then takes the usual path)."""
+        connection = self._sync_connection
+        if (
+            connection is None
+            or connection.closed
+            or connection.in_transaction()
+            or len(rows) * len(insert.names) > BulkInsert.MAX_VALUES
+        ):
+            return False
+        driver: Any = connection.connection.driver_connection
+        dialect = connection.dialect
+        try:
+            driver.execute(insert.statement(dialect, len(rows)), insert.values(dialect, rows))
+        except sqlite3.OperationalError as exc:
+            if "database is locked" in str(exc) or "database is busy" in str(exc):
+                return False
+            raise
+        return True
+
+    async def _insert_async(
+        self, insert: BulkInsert, rows: list[dict[str, Any]], slot: int
+    ) -> bool:
+        """The rows' statement on the writer's asyncpg connection, outside a transaction."""
+        if len(rows) * len(insert.names) > BulkInsert.MAX_VALUES:
+            return False
+        conn = await self._held_connection(slot)
+        if conn.in_transaction():
+            return False
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        dialect = conn.dialect
+        await driver.execute(insert.statement(dialect, len(rows)), *insert.values(dialect, rows))
+        return True
 
     def _note(self, units: int, replayed: bool, error: BaseException | None) -> None:
         if replayed:

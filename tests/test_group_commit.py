@@ -7,12 +7,13 @@ import asyncio
 import sqlite3
 
 import pytest
-from sqlalchemy import func, insert, make_url, select, text
+from sqlalchemy import Engine, event, func, insert, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import utcnow
 from app.groupcommit import GroupCommitter
-from app.models import DeliveryJob, Erasure, OptIn, Subscriber
+from app.links.service import ATTRIBUTION_FIELDS, INSERT_LINK_REQUESTS
+from app.models import DeliveryJob, Erasure, LinkRequest, OptIn, Subscriber
 from tests.conftest import Api, ApiFactory, Fakes, opt_in_payload, wait_until
 
 
@@ -332,3 +333,95 @@ async def test_writer_replaces_a_connection_the_server_dropped(
         response = await api.webhook(opt_in_payload(contact=f"+1555555082{n}"))
         assert response.status_code == 200 and response.json()["status"] == "stored"
     assert await count(db_engine, OptIn) == 16
+
+
+def link_row(ref: str, n: int = 0) -> dict[str, object]:
+    return {
+        "ref": ref,
+        "loop_link_id": f"link-{n}",
+        "created_at": utcnow(),
+        "params": {"n": n},
+        "consent_text": "Yes, send me texts",
+        "client_ip": "203.0.113.9",
+        "user_agent": "test",
+        "page_url": None,
+        "recommended": "sms",
+        "channel": "api",
+        **{name: None for name in ATTRIBUTION_FIELDS},
+    }
+
+
+def writer_sync_engine(committer: GroupCommitter, db_engine: AsyncEngine) -> Engine:
+    """The engine whose connection the committer writes with (SQLite: its own stdlib one)."""
+    return committer._sync_engine or db_engine.sync_engine
+
+
+async def test_rows_alone_go_in_one_statement_without_a_transaction(
+    db_engine: AsyncEngine,
+) -> None:
+    committer = GroupCommitter(db_engine, writers=1)
+    begins: list[object] = []
+    engine = writer_sync_engine(committer, db_engine)
+
+    def began(conn: object) -> None:
+        begins.append(conn)
+
+    event.listen(engine, "begin", began)
+    try:
+        await committer.insert(INSERT_LINK_REQUESTS, link_row("lr_first"))  # connects
+        begins.clear()
+        await asyncio.gather(
+            *(committer.insert(INSERT_LINK_REQUESTS, link_row(f"lr_{n}", n)) for n in range(12))
+        )
+    finally:
+        await committer.stop()
+        event.remove(engine, "begin", began)
+    assert begins == []  # no BEGIN / COMMIT around them
+    assert (committer.batches, committer.items) == (2, 13)
+    async with db_engine.connect() as conn:
+        stored = (await conn.execute(select(LinkRequest.ref, LinkRequest.params))).all()
+    assert sorted(stored) == sorted(
+        [("lr_first", {"n": 0})] + [(f"lr_{n}", {"n": n}) for n in range(12)]
+    )
+
+
+async def test_a_failing_row_in_a_batch_of_rows_fails_alone(db_engine: AsyncEngine) -> None:
+    committer = GroupCommitter(db_engine, writers=1)
+    try:
+        await committer.insert(INSERT_LINK_REQUESTS, link_row("lr_taken"))
+        results = await asyncio.gather(
+            *(
+                committer.insert(INSERT_LINK_REQUESTS, link_row(ref))
+                for ref in ("lr_a", "lr_taken", "lr_b")  # the second breaks `ref`'s uniqueness
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.stop()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], Exception)
+    assert committer.replays == 1
+    async with db_engine.connect() as conn:
+        refs = (await conn.execute(select(LinkRequest.ref))).scalars().all()
+    assert sorted(refs) == ["lr_a", "lr_b", "lr_taken"]
+
+
+async def test_rows_batched_with_other_work_share_its_transaction(db_engine: AsyncEngine) -> None:
+    committer = GroupCommitter(db_engine, writers=1)
+
+    async def fails(conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT 1"))
+        raise ValueError("this unit fails")
+
+    try:
+        results = await asyncio.gather(
+            committer.insert(INSERT_LINK_REQUESTS, link_row("lr_with_work")),
+            committer.run(lambda conn: _scalar(conn, 5)),
+            committer.run(fails),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.stop()
+    assert results[0] is None and results[1] == 5 and isinstance(results[2], ValueError)
+    assert committer.replays == 1  # one transaction for the three, then each alone
+    assert await count(db_engine, LinkRequest) == 1

@@ -6,8 +6,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from app.clients.loopmessage import LoopMessageError
 from app.db import BulkInsert, table_of, utcnow
 from app.deps import Services
@@ -37,12 +35,6 @@ INSERT_LINK_REQUESTS = BulkInsert(
         *ATTRIBUTION_FIELDS,
     ),
 )
-
-
-async def store_link_requests(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[None]:
-    """The link requests of one group commit, in one insert."""
-    await INSERT_LINK_REQUESTS.execute(conn, rows)
-    return [None] * len(rows)
 
 
 _ERROR_STATUS = {
@@ -107,7 +99,7 @@ async def create_link(
         **{name: attribution.get(name) for name in ATTRIBUTION_FIELDS},
     }
     # Stored (with the link requests made alongside) before the link is handed out.
-    await services.writer.run_batched(store_link_requests, values)
+    await services.writer.insert(INSERT_LINK_REQUESTS, values)
     LINKS_MADE.inc()
     return OptInLinks(
         id=links.id,
