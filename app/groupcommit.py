@@ -152,6 +152,7 @@ class GroupCommitter:
         self._thread: ThreadPoolExecutor | None = None
         self._sync_connection: Connection | None = None
         self._held: dict[int, AsyncConnection] = {}  # PostgreSQL: each writer's connection
+        self._held_driver: dict[int, Any] = {}  # and the driver's (asyncpg) connection under it
         # SQLite has one writer; PostgreSQL overlaps a few batches' round trips (row locks
         # order them; a deadlock between two batches just replays their units one by one).
         # Either way one writer at a time forms its batch (see `_gather`).
@@ -340,8 +341,10 @@ class GroupCommitter:
         conn = await self._held_connection(slot)
         if conn.in_transaction():
             return False
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = self._held_driver.get(slot)
+        if driver is None:  # asked once per connection: SQLAlchemy's answer is a greenlet hop
+            driver = (await conn.get_raw_connection()).driver_connection
+            self._held_driver[slot] = driver
         dialect = conn.dialect
         await driver.execute(insert.statement(dialect, len(rows)), *insert.values(dialect, rows))
         return True
@@ -448,6 +451,7 @@ class GroupCommitter:
         return conn
 
     async def _drop_connection(self, slot: int) -> None:
+        self._held_driver.pop(slot, None)
         conn = self._held.pop(slot, None)
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -335,6 +335,35 @@ async def test_writer_replaces_a_connection_the_server_dropped(
     assert await count(db_engine, OptIn) == 16
 
 
+async def test_link_requests_are_stored_after_the_server_dropped_the_connections(
+    make_api: ApiFactory, db_url: str, db_engine: AsyncEngine
+) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's writers keep a connection each")
+    api = await make_api(run_worker=False)
+    for _ in range(8):  # each writer in turn stores a link request: each opens its connection
+        assert (await api.client.post("/v1/opt-in-links", json={})).status_code == 200
+    replays_before = api.app.state.services.writer.replays
+    async with db_engine.connect() as conn:
+        ended = await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        assert ended.all()
+    responses = await asyncio.gather(
+        *(api.client.post("/v1/opt-in-links", json={}) for _ in range(8))
+    )
+    assert [r.status_code for r in responses] == [200] * 8
+    for _ in range(8):
+        assert (await api.client.post("/v1/opt-in-links", json={})).status_code == 200
+    assert await count(db_engine, LinkRequest) == 24
+    # A writer's dropped connection costs one batch replayed, then the new one is used.
+    writer = api.app.state.services.writer
+    assert writer.replays - replays_before <= writer.writers
+
+
 def link_row(ref: str, n: int = 0) -> dict[str, object]:
     return {
         "ref": ref,
