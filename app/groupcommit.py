@@ -341,7 +341,7 @@ class GroupCommitter:
         conn = await self._held_connection(slot)
         if conn.in_transaction():
             return False
-        driver = self._held_driver.get(slot)
+        driver: Any = self._held_driver.get(slot)
         if driver is None:  # asked once per connection: SQLAlchemy's answer is a greenlet hop
             driver = (await conn.get_raw_connection()).driver_connection
             self._held_driver[slot] = driver
