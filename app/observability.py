@@ -96,41 +96,78 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+Extras = list[tuple[str, Any]]
+
+
+class LineFormatter(logging.Formatter):
+    """A record as one line, made by `line` from the record's parts: the access log writes its
+    lines from the same parts without a record (`log_access`)."""
+
     def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
+        extras = [(key, fields[key]) for key in _extra_fields(record) if not key.startswith("_")]
+        error = scrub(self.formatException(record.exc_info), _secrets) if record.exc_info else None
+        return self.line(
+            record.created, record.levelname, record.name, record.getMessage(), extras, error
+        )
+
+    def line(
+        self,
+        created: float,
+        levelname: str,
+        name: str,
+        message: str,
+        extras: Extras,
+        error: str | None = None,
+    ) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(LineFormatter):
+    def line(
+        self,
+        created: float,
+        levelname: str,
+        name: str,
+        message: str,
+        extras: Extras,
+        error: str | None = None,
+    ) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
+            "ts": datetime.fromtimestamp(created, UTC).isoformat(),
+            "level": levelname.lower(),
+            "logger": name,
+            "msg": message,
         }
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
-        fields = record.__dict__
-        for key in _extra_fields(record):
-            if not key.startswith("_"):
-                entry[key] = fields[key]
-        if record.exc_info:
-            entry["exc"] = scrub(self.formatException(record.exc_info), _secrets)
+        entry.update(extras)
+        if error:
+            entry["exc"] = error
         return _JSON.encode(entry)
 
 
-class ConsoleFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = record.__dict__
-        extras = " ".join(
-            f"{key}={fields[key]}" for key in _extra_fields(record) if not key.startswith("_")
-        )
-        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+class ConsoleFormatter(LineFormatter):
+    def line(
+        self,
+        created: float,
+        levelname: str,
+        name: str,
+        message: str,
+        extras: Extras,
+        error: str | None = None,
+    ) -> str:
+        extra_text = " ".join(f"{key}={value}" for key, value in extras)
+        stamp = datetime.fromtimestamp(created, UTC).strftime("%H:%M:%S")
+        line = f"{stamp} {levelname:<7} {name}: {message}"
         request_id = request_id_var.get()
         if request_id:
-            extras = f"{extras} request_id={request_id}".lstrip()
-        if extras:
-            line = f"{line}  {extras}"
-        if record.exc_info:
-            line = f"{line}\n{scrub(self.formatException(record.exc_info), _secrets)}"
+            extra_text = f"{extra_text} request_id={request_id}".lstrip()
+        if extra_text:
+            line = f"{line}  {extra_text}"
+        if error:
+            line = f"{line}\n{error}"
         return line
 
 
@@ -154,19 +191,40 @@ class StdoutHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         # Called with the handler's lock held (Handler.handle).
         try:
-            self._kept.append(self.format(record) + self.terminator)
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write_kept()
-                return
-            if self._write_scheduled_on is not loop:
-                self._write_scheduled_on = loop
-                loop.call_soon(self._write_turn)
+            self._keep(self.format(record))
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def takes_lines(self) -> LineFormatter | None:
+        """The formatter to make a line for this handler without a record (`log_access`),
+        when the handler is as `configure_logging` made it: its one filter the redaction."""
+        formatter = self.formatter
+        filters = self.filters
+        if (
+            isinstance(formatter, LineFormatter)
+            and len(filters) == 1
+            and isinstance(filters[0], RedactingFilter)
+        ):
+            return formatter
+        return None
+
+    def emit_line(self, line: str) -> None:
+        """A line made (and redacted) by the caller, as `emit` would write a record's."""
+        with self.lock:  # type: ignore[union-attr]
+            self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        self._kept.append(line + self.terminator)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_kept()
+            return
+        if self._write_scheduled_on is not loop:
+            self._write_scheduled_on = loop
+            loop.call_soon(self._write_turn)
 
     def _write_kept(self) -> None:
         if self._kept:
@@ -229,6 +287,64 @@ def configure_logging(
 
 
 access_log = logging.getLogger("optin.access")
+
+
+def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
+    """The access line of a request: `access_log.info("request", extra={...})`, its fields in
+    the order the formatters give them (sorted), to every handler that would get that record.
+
+    For the service's own stdout handler the line is made from its parts, without a LogRecord,
+    the logging machinery or the redaction filter (the fields are redacted here, as the filter
+    would, before any handler sees them): a third of the CPU of a line (~6 against ~19 µs), and
+    the access line is the one every request writes (~12 % of a link request's CPU went to it).
+    Any other handler (a test runner's, an operator's own logging configuration) gets the
+    record, made once, the usual way."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    method, path = scrub(method, _secrets), scrub(path, _secrets)
+    fields: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+    }
+    if access_log.filters:  # a filter on the logger itself decides first: the usual way
+        access_log.info("request", extra=fields)
+        return
+    created = time.time()
+    extras: Extras | None = None
+    record: logging.LogRecord | None = None
+    logger: logging.Logger | None = access_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if handler.level > logging.INFO:
+                continue
+            if isinstance(handler, StdoutHandler) and (formatter := handler.takes_lines()):
+                if extras is None:
+                    extras = [
+                        ("duration_ms", duration_ms),
+                        ("method", method),
+                        ("path", path),
+                        ("status", status),
+                    ]
+                line = formatter.line(created, "INFO", access_log.name, "request", extras)
+                handler.emit_line(line)
+                continue
+            if record is None:
+                record = access_log.makeRecord(
+                    access_log.name,
+                    logging.INFO,
+                    "(unknown file)",
+                    0,
+                    "request",
+                    (),
+                    None,
+                    extra=fields,
+                )
+                record.created = created
+            handler.handle(record)
+        logger = logger.parent if logger.propagate else None
+
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
@@ -311,14 +427,5 @@ class HttpMiddleware:
             method = scope["method"]
             HTTP_REQUESTS.labels(method, route, str(status_code)).inc()
             HTTP_LATENCY.labels(method, route).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "status": status_code,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+            log_access(method, scope["path"], status_code, round(elapsed * 1000, 2))
             request_id_var.reset(token)

@@ -415,3 +415,41 @@ def test_a_line_left_by_a_stopped_loop_goes_out_with_the_next_loops_lines(
     second.close()
     written = b"".join(raw.writes).decode()
     assert [json.loads(line)["msg"] for line in written.splitlines()] == ["first", "second"]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_access_lines_are_those_of_the_usual_logging_call(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    make_api: ApiFactory,
+    log_format: str,
+) -> None:
+    """Access lines are made without a LogRecord for the service's stdout handler: the same line
+    as `access_log.info(...)` writes, redacted alike; other handlers (here pytest's) still get a
+    record with the fields."""
+    from app.observability import access_log, log_access, request_id_var
+
+    await make_api(run_worker=False, log_format=log_format)
+    await stdout_so_far(capsys)
+    path = f"/v1/subscribers/{PHONE}/opt-out"
+    caplog.clear()
+    token = request_id_var.set("same-request")
+    try:
+        log_access("POST", path, 404, 1.5)
+        access_log.info(
+            "request", extra={"method": "POST", "path": path, "status": 404, "duration_ms": 1.5}
+        )
+    finally:
+        request_id_var.reset(token)
+    lean, usual = (await stdout_so_far(capsys)).splitlines()
+    assert PHONE not in lean and "******0177" in lean
+    if log_format == "json":
+        lean_fields, usual_fields = json.loads(lean), json.loads(usual)
+        assert lean_fields.pop("ts")[:16] == usual_fields.pop("ts")[:16]
+        assert lean_fields == usual_fields
+        assert list(lean_fields) == list(usual_fields)  # the same order too
+    else:
+        assert lean.split(" ", 1)[1] == usual.split(" ", 1)[1]  # all but the time
+    records = [r for r in caplog.records if r.name == "optin.access"]
+    assert len(records) == 2
+    assert {r.__dict__["path"] for r in records} == {path.replace(PHONE, "+1******0177")}
