@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 
 from starlette.requests import Request
@@ -26,10 +27,20 @@ def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
 def client_ip(request: Request, trusted_proxies: list[str]) -> str | None:
     """Walk X-Forwarded-For from the right, skipping trusted proxies; stop at the first other."""
     peer = request.client.host if request.client else None
-    networks = _networks(tuple(trusted_proxies))
+    return client_ip_of(
+        peer, lambda: request.headers.get("x-forwarded-for", ""), tuple(trusted_proxies)
+    )
+
+
+def client_ip_of(
+    peer: str | None, forwarded_for: Callable[[], str], trusted_proxies: tuple[str, ...]
+) -> str | None:
+    """`client_ip` from the socket peer and X-Forwarded-For (read only when the peer is a
+    trusted proxy)."""
+    networks = _networks(trusted_proxies)
     if peer is None or not networks or not _trusted(peer, networks):
         return peer
-    forwarded = request.headers.get("x-forwarded-for", "")
+    forwarded = forwarded_for()
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _trusted(hop, networks):

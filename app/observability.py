@@ -358,6 +358,24 @@ INTERNAL_ERROR_BODY = json.dumps(
 ).encode()
 
 
+_REQUEST_METRICS: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request counter's and latency histogram's series for these labels: `labels()` checks
+    and locks on every call; the series are looked up once (for at most 1024 label sets)."""
+    key = (method, route, status)
+    series = _REQUEST_METRICS.get(key)
+    if series is None:
+        series = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_LATENCY.labels(method, route),
+        )
+        if len(_REQUEST_METRICS) < 1024:
+            _REQUEST_METRICS[key] = series
+    return series
+
+
 def new_request_id() -> str:
     """32 hex digits to correlate a request's log lines: unique, not secret, so drawn from the
     process's PRNG (reseeded after a fork) rather than the OS's random source (a system call)."""
@@ -425,7 +443,8 @@ class HttpMiddleware:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status_code)).inc()
-            HTTP_LATENCY.labels(method, route).observe(elapsed)
+            requests, latency = _request_metrics(method, route, status_code)
+            requests.inc()
+            latency.observe(elapsed)
             log_access(method, scope["path"], status_code, round(elapsed * 1000, 2))
             request_id_var.reset(token)

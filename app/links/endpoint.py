@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.clientip import client_ip_of
 from app.errors import ServiceError, error_body
 from app.fastpath import (
     BodyTooLarge,
@@ -29,12 +29,17 @@ from app.fastpath import (
     send_json,
     send_json_bytes,
 )
-from app.links.routes import visitor_of
 from app.links.schemas import OptInLinkRequest
-from app.links.service import create_link
+from app.links.service import Visitor, create_link
 from app.requestlimits import MAX_BODY_BYTES, is_json
 
 LINKS_PATH = "/v1/opt-in-links"
+HEADERS_READ = (b"content-type", b"content-length", b"origin", b"user-agent", b"referer")
+
+
+def forwarded_for(scope: Scope) -> str:
+    """The request's (first) X-Forwarded-For, as Starlette's `request.headers` gives it."""
+    return request_headers(scope, b"x-forwarded-for").get(b"x-forwarded-for", "")
 
 
 class CorsHeaders:
@@ -84,8 +89,23 @@ class LinkEndpoint:
         self._cors = CorsHeaders(cors_options)
         self._route: Any = None
 
+    def _visitor(
+        self, scope: Scope, headers: dict[bytes, str], trusted_proxies: list[str]
+    ) -> Visitor:
+        """What `visitor_of` finds in a Starlette Request, from the headers read once."""
+        client = scope.get("client")
+        return Visitor(
+            ip=client_ip_of(
+                client[0] if client else None,
+                lambda: forwarded_for(scope),
+                tuple(trusted_proxies),
+            ),
+            user_agent=headers.get(b"user-agent"),
+            page_url=headers.get(b"referer") or headers.get(b"origin"),
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = request_headers(scope, b"content-type", b"content-length", b"origin")
+        headers = request_headers(scope, *HEADERS_READ)
         content_type = headers.get(b"content-type")
         length = headers.get(b"content-length")
         if (
@@ -115,7 +135,7 @@ class LinkEndpoint:
             self._route = documented_route(scope["app"], "POST", LINKS_PATH)
         scope["route"] = self._route
         services = scope["app"].state.services
-        visitor = visitor_of(Request(scope), services)
+        visitor = self._visitor(scope, headers, services.settings.trusted_proxies)
         try:
             await services.rate_limiter.check(visitor.ip or "unknown")
             links = await create_link(services, payload, visitor)
