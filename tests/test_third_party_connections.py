@@ -1,6 +1,6 @@
-"""The LoopMessage client's connections (app/clients/http1.py), seen through the link endpoint.
+"""Connections to LoopMessage and Call Loop (app/clients/http1.py), seen through the service.
 
-A fake LoopMessage at the socket level answers each request with the bytes a test scripts
+A fake third party at the socket level answers each request with the bytes a test scripts
 (framing, closing, dropping), so what the client must cope with on the wire is exercised for
 real: kept-alive connections, a connection the server closes as a request goes out, chunked
 and close-delimited answers, TLS, and the cap on open connections.
@@ -19,7 +19,7 @@ import trustme
 import uvloop
 
 from app.clients.http1 import HttpCallError, OriginPool
-from tests.conftest import ApiFactory
+from tests.conftest import GROUP_KEY, ApiFactory, opt_in_payload, wait_until
 from tests.fakes.servers import FakeState, Scripted, ThreadedServer, fake_loopmessage_app
 
 LINK = {"id": "link-1", "imessage": "imessage://x", "sms": "sms://x", "url": "https://x"}
@@ -251,3 +251,19 @@ async def test_the_client_works_on_uvloop(
     assert await asyncio.to_thread(uvloop.run, calls()) == [200] * 10
     assert len(fake.received) == 5
     assert fake.connections <= 4  # the first connection was kept and used again
+
+
+async def test_call_loop_gets_the_url_as_configured_over_one_kept_alive_connection(
+    make_api: ApiFactory, raw_loop: StartRaw
+) -> None:
+    fake = await raw_loop(lambda n, _: answer(b"OK"))
+    api = await make_api(callloop_group_url=f"{fake.base_url}/r/?{GROUP_KEY}")
+    for n in range(3):
+        assert (await api.webhook(opt_in_payload(contact=f"+1555555014{n}"))).status_code == 200
+        await wait_until(lambda n=n: len(fake.received) == n + 1)
+    assert [r.connection for r in fake.received] == [1, 1, 1]
+    head = fake.received[0].head.decode()
+    # The bare group key kept byte for byte, then the variables; the form in the body too.
+    assert head.startswith(f"POST /r/?{GROUP_KEY}&phone=%2B15555550140")
+    assert "Content-Type: application/x-www-form-urlencoded\r\n" in head
+    assert fake.received[0].body.startswith(b"phone=%2B15555550140")
