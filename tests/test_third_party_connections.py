@@ -267,3 +267,14 @@ async def test_call_loop_gets_the_url_as_configured_over_one_kept_alive_connecti
     assert head.startswith(f"POST /r/?{GROUP_KEY}&phone=%2B15555550140")
     assert "Content-Type: application/x-www-form-urlencoded\r\n" in head
     assert fake.received[0].body.startswith(b"phone=%2B15555550140")
+
+
+async def test_a_group_url_that_cannot_be_sent_as_is_makes_a_dead_job(
+    make_api: ApiFactory, raw_loop: StartRaw
+) -> None:
+    fake = await raw_loop(lambda n, _: answer(b"OK"))
+    api = await make_api(callloop_group_url=f"{fake.base_url}/r/?{GROUP_KEY} x")
+    assert (await api.webhook(opt_in_payload(contact="+15555550150"))).status_code == 200
+    [dead] = await wait_until(lambda: api.deliveries("dead"))
+    assert "unusable URL" in dead["last_error"] and GROUP_KEY not in dead["last_error"]
+    assert fake.received == []  # nothing was sent

@@ -75,8 +75,8 @@ class CallLoopClient:
         target = url[len(origin) :].split("#", 1)[0]
         if not target.startswith("/"):
             target = "/" + target
-        if not target.isprintable() or " " in target:
-            raise ValueError("a space or control character in the URL")
+        if not (target.isascii() and target.isprintable()) or " " in target:
+            raise ValueError("a space, control or non-ASCII character in the URL")
         pool = self._pools.get(origin)
         if pool is None:
             if len(self._pools) >= self.MAX_ORIGINS:
