@@ -31,15 +31,19 @@ async def test_two_workers_never_send_the_same_job(make_api: ApiFactory, fakes: 
 async def test_job_held_by_a_dead_worker_is_taken_again(
     make_api: ApiFactory, fakes: Fakes, db_engine: AsyncEngine
 ) -> None:
-    intake = await make_api(run_worker=False, delivery_lease_seconds=1)
+    intake = await make_api(run_worker=False, delivery_lease_seconds=2)
     await intake.webhook(opt_in_payload(contact="+15555550140"))
     # A worker claims the job and dies before doing anything with it.
     async with db_engine.begin() as conn:
-        [claimed] = await outbox.claim(conn, "worker-that-died", 10, 1)
+        [claimed] = await outbox.claim(conn, "worker-that-died", 10, 2)
     [held] = await intake.deliveries("in_progress")
     assert held["id"] == claimed.id
 
-    await make_api(run_worker=True, delivery_lease_seconds=1, delivery_poll_interval_seconds=0.2)
+    await make_api(run_worker=True, delivery_lease_seconds=2, delivery_poll_interval_seconds=0.2)
+    # The new worker's first claims come before the lease runs out (a busy worker looks for
+    # expired leases at most every lease or EXPIRED_LOOK_SECONDS): a later one takes it.
+    [still_held] = await intake.deliveries("in_progress")
+    assert still_held["id"] == claimed.id
     await wait_until(lambda: fakes.callloop.state.received("/r/"), timeout=20)
     [done] = await wait_until(lambda: intake.deliveries("done"))
     assert done["attempts"] == 2  # the dead worker's attempt counts

@@ -130,8 +130,15 @@ LEASE = (
 
 
 async def claim(
-    conn: AsyncConnection, worker_id: str, limit: int, lease_seconds: float
+    conn: AsyncConnection,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float,
+    *,
+    expired_too: bool = True,
 ) -> list[ClaimedJob]:
+    """Lease at most `limit` due jobs to `worker_id`: those whose lease ran out (when
+    `expired_too`), then pending ones."""
     now = utcnow()
     # Two statements in one transaction: lock at most `limit` due rows, then lease exactly
     # those. (An `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` lets
@@ -140,7 +147,7 @@ async def claim(
     # read in index order (status, next_attempt_at) and stopped at `limit`: with one OR the
     # database sorts the whole due backlog on every claim.
     due_ids: list[int] = []
-    for query in (CLAIM_EXPIRED, CLAIM_PENDING):
+    for query in (CLAIM_EXPIRED, CLAIM_PENDING) if expired_too else (CLAIM_PENDING,):
         if len(due_ids) >= limit:
             break
         due = await conn.execute(query, {"now": now, "limit": limit - len(due_ids)})
