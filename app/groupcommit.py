@@ -137,8 +137,11 @@ def _set_busy_timeout(connection: Connection, milliseconds: int) -> None:
     driver_connection.execute(f"PRAGMA busy_timeout={int(milliseconds)}")
 
 
-def _is_locked(exc: OperationalError) -> bool:
-    return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
+def _is_locked(exc: OperationalError | sqlite3.OperationalError) -> bool:
+    """SQLite's answer when another connection holds the write lock (SQLAlchemy's or the
+    driver's exception)."""
+    message = str(getattr(exc, "orig", exc))
+    return "database is locked" in message or "database is busy" in message
 
 
 class GroupCommitter:
@@ -327,7 +330,7 @@ class GroupCommitter:
         try:
             driver.execute(insert.statement(dialect, len(rows)), insert.values(dialect, rows))
         except sqlite3.OperationalError as exc:
-            if "database is locked" in str(exc) or "database is busy" in str(exc):
+            if _is_locked(exc):
                 return False
             raise
         return True

@@ -311,6 +311,18 @@ async def test_sqlite_writer_waits_for_another_writer_instead_of_refusing(
     assert await count(db_engine, OptIn) == 2
 
 
+async def end_other_connections(db_engine: AsyncEngine) -> None:
+    """The server goes away under every other connection (a restart, an idle timeout)."""
+    async with db_engine.connect() as conn:
+        ended = await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        assert ended.all()
+
+
 async def test_writer_replaces_a_connection_the_server_dropped(
     make_api: ApiFactory, db_url: str, db_engine: AsyncEngine
 ) -> None:
@@ -321,14 +333,7 @@ async def test_writer_replaces_a_connection_the_server_dropped(
     for n in range(8):
         assert (await api.webhook(opt_in_payload(contact=f"+1555555081{n}"))).status_code == 200
     # The server goes away under the writers' connections (a restart, an idle timeout).
-    async with db_engine.connect() as conn:
-        ended = await conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-        assert ended.all()
+    await end_other_connections(db_engine)
     for n in range(8):
         response = await api.webhook(opt_in_payload(contact=f"+1555555082{n}"))
         assert response.status_code == 200 and response.json()["status"] == "stored"
@@ -344,14 +349,7 @@ async def test_link_requests_are_stored_after_the_server_dropped_the_connections
     for _ in range(8):  # each writer in turn stores a link request: each opens its connection
         assert (await api.client.post("/v1/opt-in-links", json={})).status_code == 200
     replays_before = api.app.state.services.writer.replays
-    async with db_engine.connect() as conn:
-        ended = await conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-        assert ended.all()
+    await end_other_connections(db_engine)
     responses = await asyncio.gather(
         *(api.client.post("/v1/opt-in-links", json={}) for _ in range(8))
     )
