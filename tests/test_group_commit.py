@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import httpx
 import pytest
 from sqlalchemy import Engine, event, func, insert, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -286,18 +287,25 @@ async def test_a_batch_mixing_every_kind_of_webhook_stores_each_as_if_alone(
     assert await count(db_engine, Subscriber) == 3 + 20 + 3
 
 
+@pytest.mark.parametrize("what", ["webhook", "link request"])
 async def test_sqlite_writer_waits_for_another_writer_instead_of_refusing(
-    make_api: ApiFactory, db_url: str, db_engine: AsyncEngine
+    make_api: ApiFactory, db_url: str, db_engine: AsyncEngine, what: str
 ) -> None:
     if not db_url.startswith("sqlite"):
         pytest.skip("SQLite's single write lock")
     api = await make_api(run_worker=False)
-    assert (await api.webhook(opt_in_payload(contact="+15555550801"))).status_code == 200
+
+    async def send(n: int) -> httpx.Response:
+        if what == "webhook":
+            return await api.webhook(opt_in_payload(contact=f"+155555508{n:02d}"))
+        return await api.client.post("/v1/opt-in-links", json={})  # a row without a transaction
+
+    assert (await send(1)).status_code == 200
     # Another process (say, the CLI) holds the write lock.
     other = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
-        waiting = asyncio.create_task(api.webhook(opt_in_payload(contact="+15555550802")))
+        waiting = asyncio.create_task(send(2))
         # The service keeps answering while its writer waits for the lock...
         for _ in range(5):
             assert (await api.client.get("/healthz")).status_code == 200
@@ -305,10 +313,12 @@ async def test_sqlite_writer_waits_for_another_writer_instead_of_refusing(
     finally:
         other.execute("COMMIT")
         other.close()
-    # ...and the webhook is stored once the lock is free, not refused.
+    # ...and the webhook or link request is stored once the lock is free, not refused.
     response = await waiting
-    assert response.status_code == 200 and response.json()["status"] == "stored"
-    assert await count(db_engine, OptIn) == 2
+    assert response.status_code == 200
+    if what == "webhook":
+        assert response.json()["status"] == "stored"
+    assert await count(db_engine, OptIn if what == "webhook" else LinkRequest) == 2
 
 
 async def end_other_connections(db_engine: AsyncEngine) -> None:
