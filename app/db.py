@@ -8,13 +8,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import DateTime, Engine, MetaData, Table, event, make_url
+from sqlalchemy import DateTime, Engine, MetaData, String, Table, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -32,6 +36,41 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class NotViaIndex(ColumnElement[Any]):
+    """A string `column` the database must not look its rows up by: for a statement that names
+    its rows by primary key and re-checks other columns.
+
+    Without statistics (SQLite keeps none; a fresh or fast-grown PostgreSQL table has none
+    yet), both planners judged an index on such a column (`status`) cheaper than a short list
+    of ids, and read every row with that status (the whole backlog of due jobs) to find them.
+    Written `+column` on SQLite (its documented way to keep a term off an index) and
+    `(column || '')` on PostgreSQL: the same value, no longer an indexed expression."""
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        if not isinstance(column.type, String):
+            raise TypeError("NotViaIndex takes a string column")
+        self.column = column
+        self.type = column.type
+
+
+@compiles(NotViaIndex)
+def _compile_column(element: NotViaIndex, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column, **kw)
+
+
+@compiles(NotViaIndex, "sqlite")
+def _compile_sqlite_column(element: NotViaIndex, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + compiler.process(element.column, **kw)
+
+
+@compiles(NotViaIndex, "postgresql")
+def _compile_postgresql_column(element: NotViaIndex, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.column, **kw)} || '')"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
-from app.db import table_of, utcnow
+from app.db import NotViaIndex, table_of, utcnow
 from app.delivery.jobs import UNSUBSCRIBE_KINDS
 from app.models import DeliveryJob, Subscriber
 
@@ -67,12 +67,12 @@ _NO_LONGER_SUBSCRIBED = (
 )
 
 
-def _pending_due(now: datetime | BindParameter[Any]) -> Any:
-    return and_(jobs.c.status == "pending", jobs.c.next_attempt_at <= now)
+def _pending_due(now: datetime | BindParameter[Any], status: Any = jobs.c.status) -> Any:
+    return and_(status == "pending", jobs.c.next_attempt_at <= now)
 
 
-def _lease_expired(now: datetime | BindParameter[Any]) -> Any:
-    return and_(jobs.c.status == "in_progress", jobs.c.lease_expires_at < now)
+def _lease_expired(now: datetime | BindParameter[Any], status: Any = jobs.c.status) -> Any:
+    return and_(status == "in_progress", jobs.c.lease_expires_at < now)
 
 
 # An opt-out waits while an add of its subscriber is in flight, so the `/s/` always reaches
@@ -81,7 +81,9 @@ _NOT_BEHIND_AN_ADD = or_(jobs.c.kind != "opt_out", not_(_ADD_IN_FLIGHT))
 
 
 def _due(now: datetime | BindParameter[Any]) -> Any:
-    return and_(or_(_pending_due(now), _lease_expired(now)), _NOT_BEHIND_AN_ADD)
+    """Re-checked on rows named by id: their status must not steer SQLite to the status index."""
+    status = NotViaIndex(jobs.c.status)
+    return and_(or_(_pending_due(now, status), _lease_expired(now, status)), _NOT_BEHIND_AN_ADD)
 
 
 def _retry_status() -> Any:
@@ -182,7 +184,10 @@ _DONE: dict[str, Any] = {
     "completed_at": bindparam("now", type_=jobs.c.completed_at.type),
     "updated_at": bindparam("now", type_=jobs.c.updated_at.type),
 }
-_HELD_BY_WORKER = and_(jobs.c.status == "in_progress", jobs.c.lease_owner == bindparam("worker_id"))
+# Checked on rows named by id (see NotViaIndex).
+_HELD_BY_WORKER = and_(
+    NotViaIndex(jobs.c.status) == "in_progress", jobs.c.lease_owner == bindparam("worker_id")
+)
 MARK_DONE = update(jobs).where(jobs.c.id == bindparam("job_id"), _HELD_BY_WORKER).values(_DONE)
 # Several jobs of one worker with one status code; answers the ids it recorded.
 MARK_MANY_DONE = (
