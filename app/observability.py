@@ -289,61 +289,53 @@ def configure_logging(
 access_log = logging.getLogger("optin.access")
 
 
-def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
-    """The access line of a request: `access_log.info("request", extra={...})`, its fields in
-    the order the formatters give them (sorted), to every handler that would get that record.
+def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """`logger.info(message, extra=fields)`, to every handler that would get that record, its
+    fields in the order the formatters give them (sorted): for the lines written many times a
+    second (each request's access line, each delivered job's).
 
     For the service's own stdout handler the line is made from its parts, without a LogRecord,
-    the logging machinery or the redaction filter (the fields are redacted here, as the filter
-    would, before any handler sees them): a third of the CPU of a line (~6 against ~19 µs), and
-    the access line is the one every request writes (~12 % of a link request's CPU went to it).
-    Any other handler (a test runner's, an operator's own logging configuration) gets the
-    record, made once, the usual way."""
-    if not access_log.isEnabledFor(logging.INFO):
+    the logging machinery or the redaction filter (the message and fields are redacted here,
+    as the filter would, before any handler sees them): a third of the CPU of a line (~6
+    against ~19 µs); the access line alone was ~12 % of a link request's CPU. Any other handler
+    (a test runner's, an operator's own logging configuration) gets the record, made once, the
+    usual way."""
+    if not logger.isEnabledFor(logging.INFO):
         return
-    method, path = scrub(method, _secrets), scrub(path, _secrets)
-    fields: dict[str, Any] = {
-        "method": method,
-        "path": path,
-        "status": status,
-        "duration_ms": duration_ms,
+    message = scrub(message, _secrets)
+    fields = {
+        key: scrub(value, _secrets) if isinstance(value, str) else value
+        for key, value in fields.items()
     }
-    if access_log.filters:  # a filter on the logger itself decides first: the usual way
-        access_log.info("request", extra=fields)
+    if logger.filters:  # a filter on the logger itself decides first: the usual way
+        logger.info(message, extra=fields)
         return
     created = time.time()
     extras: Extras | None = None
     record: logging.LogRecord | None = None
-    logger: logging.Logger | None = access_log
-    while logger is not None:
-        for handler in logger.handlers:
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
             if handler.level > logging.INFO:
                 continue
             if isinstance(handler, StdoutHandler) and (formatter := handler.takes_lines()):
                 if extras is None:
-                    extras = [
-                        ("duration_ms", duration_ms),
-                        ("method", method),
-                        ("path", path),
-                        ("status", status),
-                    ]
-                line = formatter.line(created, "INFO", access_log.name, "request", extras)
-                handler.emit_line(line)
+                    extras = sorted(fields.items())
+                handler.emit_line(formatter.line(created, "INFO", logger.name, message, extras))
                 continue
             if record is None:
-                record = access_log.makeRecord(
-                    access_log.name,
-                    logging.INFO,
-                    "(unknown file)",
-                    0,
-                    "request",
-                    (),
-                    None,
-                    extra=fields,
+                record = logger.makeRecord(
+                    logger.name, logging.INFO, "(unknown file)", 0, message, (), None, extra=fields
                 )
                 record.created = created
             handler.handle(record)
-        logger = logger.parent if logger.propagate else None
+        current = current.parent if current.propagate else None
+
+
+def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
+    """The access line of a request (`log_info`)."""
+    fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
+    log_info(access_log, "request", fields)
 
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [

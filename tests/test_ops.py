@@ -453,3 +453,36 @@ async def test_access_lines_are_those_of_the_usual_logging_call(
     records = [r for r in caplog.records if r.name == "optin.access"]
     assert len(records) == 2
     assert {r.__dict__["path"] for r in records} == {path.replace(PHONE, "+1******0177")}
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_delivered_lines_are_those_of_the_usual_logging_call(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    make_api: ApiFactory,
+    fakes: Fakes,
+    log_format: str,
+) -> None:
+    """A delivered job's line is made the same lean way as the access line (`log_info`): it
+    reads as `logging.getLogger("optin.delivery").info("delivered", extra=...)` would write it,
+    and other handlers still get the record."""
+    api = await make_api(run_worker=True, log_format=log_format)
+    await stdout_so_far(capsys)
+    caplog.clear()
+    assert (await api.webhook(opt_in_payload(contact=PHONE))).status_code == 200
+    await wait_until(lambda: len(fakes.callloop.state.received("/r/")) == 1)
+    await wait_until(lambda: any(r.getMessage() == "delivered" for r in caplog.records))
+    job = (await api.deliveries("done"))[0]
+    lean = [line for line in (await stdout_so_far(capsys)).splitlines() if "delivered" in line]
+    usual_fields = {"job_id": job["id"], "kind": "subscribe", "attempt": 1}
+    logging.getLogger("optin.delivery").info("delivered", extra=usual_fields)
+    usual = [line for line in (await stdout_so_far(capsys)).splitlines() if "delivered" in line]
+    assert len(lean) == 1 and len(usual) == 1
+    if log_format == "json":
+        lean_fields, same_fields = json.loads(lean[0]), json.loads(usual[0])
+        assert lean_fields.pop("ts")[:13] == same_fields.pop("ts")[:13]
+        assert lean_fields == same_fields and list(lean_fields) == list(same_fields)
+    else:
+        assert lean[0].split(" ", 1)[1] == usual[0].split(" ", 1)[1]  # all but the time
+    records = [r for r in caplog.records if r.getMessage() == "delivered"]
+    assert records[0].__dict__["job_id"] == job["id"]

@@ -24,7 +24,7 @@ from app.delivery.backoff import retry_delay
 from app.delivery.jobs import JOBS_CHANNEL
 from app.groupcommit import GroupCommitter
 from app.models import WorkerHeartbeat
-from app.observability import DELIVERIES, set_queue_gauges
+from app.observability import DELIVERIES, log_info, set_queue_gauges
 from app.redaction import hide_url_secrets
 from app.settings import Settings
 
@@ -169,10 +169,7 @@ class DeliveryWorker:
             log.warning("lease lost before the job was recorded done", extra={"job_id": job.id})
         if job.kind == "subscribe" and job.follow_up_url:
             self.wake()
-        log.info(
-            "delivered",
-            extra={"job_id": job.id, "kind": job.kind, "attempt": job.attempts},
-        )
+        log_info(log, "delivered", {"job_id": job.id, "kind": job.kind, "attempt": job.attempts})
 
     async def _perform(self, job: outbox.ClaimedJob) -> int | None:
         if job.kind in ("subscribe", "opt_out", "trigger"):
