@@ -60,6 +60,7 @@ def load_settings() -> Settings:
 def cmd_serve(_args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.server import OneWriteHttpToolsProtocol
     from app.settings import Settings
 
     settings = Settings()
@@ -67,6 +68,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     # must not rewrite them from X-Forwarded-For on its own.
     uvicorn.run(
         "app.main:app",
+        http=OneWriteHttpToolsProtocol,
         host=settings.host,
         port=settings.port,
         proxy_headers=False,
