@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -119,10 +120,21 @@ def _sqlite_setup(sync_engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class JsonText(str):
+    """A JSON document already written out (a webhook's body as received): a JSON column stores
+    this text as it is, instead of encoding the value again."""
+
+
+def json_serializer(value: Any) -> str:
+    """The engines' JSON encoder: `json.dumps`, except for `JsonText`, kept as written."""
+    return value if isinstance(value, JsonText) else json.dumps(value)
+
+
 def create_engine(url: str, connect_timeout: float | None = None, **kwargs: Any) -> AsyncEngine:
     """An async engine; SQLite gets WAL, full fsync on commit and a busy timeout; PostgreSQL
     connections are checked before use (a restarted server's stale ones are replaced) and new
     ones give up after `connect_timeout` seconds."""
+    kwargs.setdefault("json_serializer", json_serializer)
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         _sqlite_setup(engine.sync_engine)
@@ -143,6 +155,7 @@ def create_sqlite_writer_engine(url: str) -> Engine:
         sync_url,
         connect_args={"timeout": 30, "check_same_thread": False},
         poolclass=StaticPool,
+        json_serializer=json_serializer,
     )
     _sqlite_setup(engine)
     return engine

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import func, select
 
@@ -45,6 +47,28 @@ async def test_opt_in_is_stored_with_attribution(api: Api) -> None:
 
     detail = (await api.admin_get(f"/v1/opt-ins/{item['id']}")).json()
     assert detail["webhook_id"] == payload["webhook_id"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+async def test_opt_in_keeps_the_webhook_as_it_was_received(
+    api: Api, db_engine: object, encoding: str
+) -> None:
+    """The consent evidence keeps LoopMessage's own text (spacing, key order, characters)
+    when the body is UTF-8; a body in another encoding is kept as the same JSON value."""
+    payload = opt_in_payload(contact="+15555550124", click_id="clk-é", utm_source="ads")
+    text = json.dumps(payload, ensure_ascii=False, indent=1)
+    response = await api.client.post(
+        "/v1/webhooks/loopmessage",
+        content=text.encode(encoding),
+        headers={"Authorization": WEBHOOK_SECRET, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200 and response.json()["status"] == "stored"
+    async with db_engine.connect() as conn:  # type: ignore[attr-defined]
+        column = "raw_payload::text" if conn.dialect.name == "postgresql" else "raw_payload"
+        stored = (await conn.exec_driver_sql(f"SELECT {column} FROM opt_ins")).scalar_one()  # noqa: S608
+    assert json.loads(stored) == payload
+    if encoding == "utf-8":
+        assert stored == text
 
 
 async def test_event_opt_in_name_is_also_an_opt_in(api: Api) -> None:

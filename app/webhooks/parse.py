@@ -37,6 +37,8 @@ class ParsedWebhook:
     language_code: str | None = None
     language_name: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    # The body's text when `raw` is exactly what it says (nothing cleaned): stored as received.
+    raw_text: str | None = None
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
@@ -76,13 +78,26 @@ def _param_text(value: Any) -> str:
     return ""
 
 
+def _as_received(body: bytes | None) -> str | None:
+    """The body as text when it is UTF-8 and `_clean` changed nothing in it (a NUL can only be
+    written `\\u0000` in JSON text); None for anything else (another encoding, a byte order
+    mark), which is stored as parsed."""
+    if body is None or b"\\u0000" in body or b"\x00" in body or body.startswith(b"\xef\xbb\xbf"):
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def normalise_contact(contact: str) -> str:
     """Emails are compared lower-case; phone numbers as sent (E.164 from LoopMessage)."""
     contact = contact.strip()
     return contact.lower() if "@" in contact else contact
 
 
-def parse_webhook(payload: Any) -> ParsedWebhook:
+def parse_webhook(payload: Any, body: bytes | None = None) -> ParsedWebhook:
+    """The webhook `payload` (`body`, the JSON text it was read from, if at hand), checked."""
     if not isinstance(payload, dict):
         raise InvalidWebhook("the webhook body must be a JSON object")
     payload = _clean(payload)
@@ -134,6 +149,7 @@ def parse_webhook(payload: Any) -> ParsedWebhook:
         language_code=lang_code[:32] if isinstance(lang_code, str) else None,
         language_name=lang_name[:100] if isinstance(lang_name, str) else None,
         raw=payload,
+        raw_text=_as_received(body),
     )
 
 

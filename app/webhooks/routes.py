@@ -125,7 +125,7 @@ async def receive_webhook(
         WEBHOOKS.labels("unknown", "malformed").inc()
         raise ServiceError(400, "malformed_json", "the body is not valid JSON") from None
     try:
-        parsed = parse_webhook(payload)
+        parsed = parse_webhook(payload, raw)
     except InvalidWebhook as exc:
         WEBHOOKS.labels("unknown", "invalid").inc()
         raise ServiceError(422, "invalid_webhook", str(exc)) from None

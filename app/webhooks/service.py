@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import (
     BulkInsert,
+    JsonText,
     insert_ignore,
     insert_ignore_returning,
     insert_together,
@@ -120,7 +121,7 @@ def opt_in_values(
         "language_code": parsed.language_code,
         "language_name": parsed.language_name,
         "route_key": route.key if route else None,
-        "raw_payload": parsed.raw,
+        "raw_payload": JsonText(parsed.raw_text) if parsed.raw_text is not None else parsed.raw,
         "received_at": now,
         **{name: parsed.utm.get(name) for name in UTM_FIELDS},
     }
