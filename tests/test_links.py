@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from app.links.endpoint import CorsHeaders
+from app.links.service import new_ref
 from tests.conftest import ALLOWED_ORIGIN, LOOP_API_KEY, VISITOR_IP, Api, ApiFactory, Fakes
 from tests.fakes.servers import Scripted
 from tests.test_ops import scrape, value
@@ -301,3 +302,16 @@ async def test_link_answer_carries_cors_request_id_and_is_counted(api: Api) -> N
     assert response.headers.get_list("access-control-allow-origin") == [ALLOWED_ORIGIN]
     assert response.headers["x-request-id"] == "req-link-1"
     assert value(await scrape(api), "optin_http_requests_total", **counted) == before + 1
+
+
+def test_link_refs_sort_in_the_order_they_were_made() -> None:
+    """Refs made one after another add to the end of the `ref` index (time first), and stay
+    unguessable and unique within the same millisecond (128 random bits after it)."""
+    start = 1_764_000_000_000 * 1_000_000  # a moment in 2025, in nanoseconds
+    moments = [start + step * 400_000 for step in range(50)]  # 0.4 ms apart: some share a ms
+    refs = [new_ref(moment) for moment in moments]
+    by_ms = [moment // 1_000_000 for moment in moments]
+    assert [by_ms[refs.index(ref)] for ref in sorted(refs)] == sorted(by_ms)
+    assert len(set(refs)) == len(refs)
+    assert all(ref.startswith("lr_") and len(ref) <= 40 for ref in refs)  # the column's width
+    assert new_ref(start) != new_ref(start)
