@@ -54,7 +54,9 @@ _ADD_IN_FLIGHT = (
     select(_other.c.id)
     .where(
         _other.c.subscriber_id == jobs.c.subscriber_id,
-        _other.c.kind.in_(ADD_KINDS),
+        # Equalities, not IN: a literal IN list is expanded into the SQL at every execution
+        # (~18 µs of a claim's ~100).
+        or_(*(_other.c.kind == kind for kind in ADD_KINDS)),
         _other.c.status == "in_progress",
     )
     .exists()
