@@ -83,7 +83,8 @@ _NOT_BEHIND_AN_ADD = or_(jobs.c.kind != "opt_out", not_(_ADD_IN_FLIGHT))
 
 
 def _due(now: datetime | BindParameter[Any]) -> Any:
-    """Re-checked on rows named by id: their status must not steer SQLite to the status index."""
+    """Re-checked on rows named by id (PostgreSQL's lease): their status must not steer the
+    planner to the status index (see NotViaIndex)."""
     status = NotViaIndex(jobs.c.status)
     return and_(or_(_pending_due(now, status), _lease_expired(now, status)), _NOT_BEHIND_AN_ADD)
 
