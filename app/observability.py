@@ -101,7 +101,7 @@ Extras = list[tuple[str, Any]]
 
 class LineFormatter(logging.Formatter):
     """A record as one line, made by `line` from the record's parts: the access log writes its
-    lines from the same parts without a record (`log_access`)."""
+    lines from the same parts without a record (`log_info`)."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = record.__dict__
@@ -198,7 +198,7 @@ class StdoutHandler(logging.StreamHandler):
             self.handleError(record)
 
     def takes_lines(self) -> LineFormatter | None:
-        """The formatter to make a line for this handler without a record (`log_access`),
+        """The formatter to make a line for this handler without a record (`log_info`),
         when the handler is as `configure_logging` made it: its one filter the redaction."""
         formatter = self.formatter
         filters = self.filters

@@ -100,9 +100,15 @@ def _retry_status() -> Any:
 
 # The claim's statements, built once (the worker claims many times a second under load).
 _NOW = bindparam("now", type_=jobs.c.next_attempt_at.type)
-_READY = (  # which jobs a claim takes, and in which order
-    (_lease_expired(_NOW), jobs.c.lease_expires_at),
-    (_pending_due(_NOW), jobs.c.next_attempt_at),
+_DUE_IDS = tuple(  # the jobs a claim takes, in order: leases run out, then pending ones
+    select(jobs.c.id)
+    .where(ready, _NOT_BEHIND_AN_ADD)
+    .order_by(order)
+    .limit(bindparam("limit", type_=Integer))
+    for ready, order in (
+        (_lease_expired(_NOW), jobs.c.lease_expires_at),
+        (_pending_due(_NOW), jobs.c.next_attempt_at),
+    )
 )
 _LEASED = {
     "status": "in_progress",
@@ -112,14 +118,7 @@ _LEASED = {
     "updated_at": _NOW,
 }
 _CLAIMED_COLUMNS = [jobs.c[field.name] for field in fields(ClaimedJob)]  # in the class's order
-CLAIM_EXPIRED, CLAIM_PENDING = (
-    select(jobs.c.id)
-    .where(ready, _NOT_BEHIND_AN_ADD)
-    .order_by(order)
-    .limit(bindparam("limit", type_=Integer))
-    .with_for_update(skip_locked=True)
-    for ready, order in _READY
-)
+CLAIM_EXPIRED, CLAIM_PENDING = (ids.with_for_update(skip_locked=True) for ids in _DUE_IDS)
 LEASE = (
     update(jobs)
     .where(jobs.c.id.in_(bindparam("ids", expanding=True)), _due(_NOW))
@@ -129,18 +128,10 @@ LEASE = (
 # SQLite has one writer at a time: the due jobs are picked and leased by one statement.
 LEASE_EXPIRED_AT_ONCE, LEASE_PENDING_AT_ONCE = (
     update(jobs)
-    .where(
-        jobs.c.id.in_(
-            select(jobs.c.id)
-            .where(ready, _NOT_BEHIND_AN_ADD)
-            .order_by(order)
-            .limit(bindparam("limit", type_=Integer))
-            .scalar_subquery()
-        )
-    )
+    .where(jobs.c.id.in_(ids.scalar_subquery()))
     .values(_LEASED)
     .returning(*_CLAIMED_COLUMNS)
-    for ready, order in _READY
+    for ids in _DUE_IDS
 )
 
 
