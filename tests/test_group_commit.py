@@ -321,6 +321,26 @@ async def test_sqlite_writer_waits_for_another_writer_instead_of_refusing(
     assert await count(db_engine, OptIn if what == "webhook" else LinkRequest) == 2
 
 
+async def test_sqlite_connections_keep_temporary_data_in_memory(
+    db_url: str, db_engine: AsyncEngine
+) -> None:
+    """The writer's batches and the app's other connections never spill statement journals or
+    sorts to temporary files (see app/db.py)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's temp_store")
+    committer = GroupCommitter(db_engine)
+
+    async def temp_store(conn: AsyncConnection) -> int:
+        return int((await conn.exec_driver_sql("PRAGMA temp_store")).scalar())
+
+    try:
+        assert await committer.run(temp_store) == 2  # MEMORY, on the writer's connection
+    finally:
+        await committer.stop()
+    async with db_engine.connect() as conn:
+        assert await temp_store(conn) == 2
+
+
 async def end_other_connections(db_engine: AsyncEngine) -> None:
     """The server goes away under every other connection (a restart, an idle timeout)."""
     async with db_engine.connect() as conn:
