@@ -44,6 +44,35 @@ async def test_webhook_nested_too_deep_is_422(api: Api) -> None:
     assert "nested" in response.json()["detail"]
 
 
+def nested_opt_in(levels: int, text: str) -> dict[str, object]:
+    """An opt-in whose `extra` field nests `levels` objects, the innermost holding a string;
+    no other object in it (so its text has `levels` + 1 opening braces, plus the text's)."""
+    payload = opt_in_payload()
+    del payload["language"], payload["parameters"]
+    payload["text"] = text
+    innermost: dict[str, object] = {"leaf": "x"}
+    for _ in range(levels - 1):
+        innermost = {"n": innermost}
+    payload["extra"] = innermost
+    return payload
+
+
+@pytest.mark.parametrize("braces_in_text", [0, 40], ids=["compact", "braces in the text"])
+@pytest.mark.parametrize(("levels", "status"), [(31, 200), (32, 422)])
+async def test_webhook_nesting_limit_is_the_same_however_the_body_reads(
+    api: Api, levels: int, status: int, braces_in_text: int
+) -> None:
+    """A string 32 objects deep is accepted and 33 deep refused, whether the body has few
+    enough braces to skip the cleaning pass (32 for the deepest accepted) or braces in its
+    text as well."""
+    payload = nested_opt_in(levels, "yes" + "{" * braces_in_text)
+    response = await api.webhook(payload)
+    assert response.status_code == status, response.text
+    if status == 200:
+        [opt_in] = (await api.admin_get("/v1/opt-ins")).json()["items"]
+        assert opt_in["webhook_id"] == payload["webhook_id"]
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -90,6 +90,12 @@ def _as_received(body: bytes | None) -> str | None:
         return None
 
 
+def _shallow(body: bytes | None) -> bool:
+    """True when the JSON text cannot nest deeper than MAX_DEPTH: it has at most that many
+    brackets and braces in all (those inside strings counted too)."""
+    return body is not None and body.count(b"{") + body.count(b"[") <= MAX_DEPTH
+
+
 def normalise_contact(contact: str) -> str:
     """Emails are compared lower-case; phone numbers as sent (E.164 from LoopMessage)."""
     contact = contact.strip()
@@ -100,7 +106,11 @@ def parse_webhook(payload: Any, body: bytes | None = None) -> ParsedWebhook:
     """The webhook `payload` (`body`, the JSON text it was read from, if at hand), checked."""
     if not isinstance(payload, dict):
         raise InvalidWebhook("the webhook body must be a JSON object")
-    payload = _clean(payload)
+    raw_text = _as_received(body)
+    if raw_text is None or not _shallow(body):
+        # Otherwise `_clean` has nothing to do: no NUL (the text as received holds none) and
+        # no nesting past the limit. Skipping it saves a quarter of the parse (~2.5 us).
+        payload = _clean(payload)
     webhook_id = _optional_str(payload, "webhook_id", MAX_ID)
     if webhook_id is None:
         raise InvalidWebhook("webhook_id is required")
@@ -149,7 +159,7 @@ def parse_webhook(payload: Any, body: bytes | None = None) -> ParsedWebhook:
         language_code=lang_code[:32] if isinstance(lang_code, str) else None,
         language_name=lang_name[:100] if isinstance(lang_name, str) else None,
         raw=payload,
-        raw_text=_as_received(body),
+        raw_text=raw_text,
     )
 
 
