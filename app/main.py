@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -30,7 +30,7 @@ from app.health import router as health_router
 from app.links.endpoint import LINKS_PATH, LinkEndpoint
 from app.links.routes import router as links_router
 from app.metrics import router as metrics_router
-from app.observability import HttpMiddleware, configure_logging
+from app.observability import HttpMiddleware, RequestsInFlight, configure_logging
 from app.ratelimit import ClientRateLimiter
 from app.requestlimits import MAX_BODY_BYTES, RequestLimitMiddleware
 from app.settings import Settings, secret_values
@@ -122,6 +122,7 @@ class OptinApp(FastAPI):
     from ASGI (app/fastpath.py) and everything else through FastAPI's own stack."""
 
     cors: dict[str, Any]
+    requests_in_flight: RequestsInFlight
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
@@ -129,7 +130,7 @@ class OptinApp(FastAPI):
             ("POST", WEBHOOK_PATH): WebhookEndpoint(),
             ("POST", LINKS_PATH): LinkEndpoint(stack, self.cors),
         }
-        return HttpMiddleware(FrontDoor(stack, hot_routes))
+        return HttpMiddleware(FrontDoor(stack, hot_routes), self.requests_in_flight)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 services.callloop,
                 services.loopmessage,
                 writer=services.writer,
+                api_load=cast(OptinApp, app).requests_in_flight,
             )
             services.worker.start()
         app.state.services = services
@@ -172,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path_limits={"/v1/webhooks/loopmessage": MAX_WEBHOOK_BYTES},
     )
     app.cors = cors_options(settings)
+    app.requests_in_flight = RequestsInFlight()
     app.add_middleware(CORSMiddleware, **app.cors)
     app.include_router(health_router)
     app.include_router(metrics_router)

@@ -374,14 +374,26 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+class RequestsInFlight:
+    """How many HTTP requests the app is serving right now (`HttpMiddleware` counts them): the
+    in-process delivery worker gives way to a busy API by it (app/delivery/worker.py)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class HttpMiddleware:
-    """Request id (X-Request-ID in and out), security headers, metrics and one access log line.
+    """Request id (X-Request-ID in and out), security headers, metrics and one access log line;
+    it also counts the requests in flight (`in_flight`).
 
     A plain ASGI middleware: no per-request task or body copy, so the hot routes stay fast.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: RequestsInFlight | None = None) -> None:
         self.app = app
+        self.in_flight = in_flight or RequestsInFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -399,6 +411,7 @@ class HttpMiddleware:
         started = time.perf_counter()
         status_code = 500
         response_started = False
+        self.in_flight.count += 1
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status_code, response_started
@@ -432,6 +445,7 @@ class HttpMiddleware:
                 await send_wrapper({"type": "http.response.body", "body": INTERNAL_ERROR_BODY})
             raise
         finally:
+            self.in_flight.count -= 1
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_lease_seconds: float = Field(default=30.0, gt=0, le=60)
     delivery_concurrency: int = Field(default=8, ge=1, le=100)
+    # The in-process worker (RUN_WORKER) gives way to a busy API: when the API serves 8 or more
+    # requests at once as a claim's jobs are done, it waits this long before the next; 0: never.
+    delivery_yield_seconds: float = Field(default=0.05, ge=0, le=5)
     # The standalone worker (`optin-backend worker`) serves its own /metrics on HOST:this port,
     # without a token: keep it on an internal network. Unset: no metrics port.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from urllib.parse import parse_qs
+
+import pytest
 
 from tests.conftest import GROUP_KEY, Api, ApiFactory, Fakes, opt_in_payload, wait_until
 from tests.fakes.servers import Scripted
@@ -154,3 +158,35 @@ async def test_worker_on_separate_app_delivers_jobs_of_another(
     assert await intake.deliveries("pending")
     await make_api(run_worker=True)  # another process's worker, same database
     await wait_until(lambda: fakes.callloop.state.received("/r/"))
+
+
+@pytest.mark.parametrize("yield_seconds", [5.0, 0.0], ids=["gives way", "never"])
+async def test_in_process_worker_gives_way_while_the_api_is_busy(
+    make_api: ApiFactory, fakes: Fakes, yield_seconds: float
+) -> None:
+    """With 8 requests in flight the worker sends one claim's jobs, then pauses before the
+    next (DELIVERY_YIELD_SECONDS=0: it never does)."""
+    release = threading.Event()
+    fakes.loop.state.always(Scripted(200, {"id": "l", "sms": "sms:x"}, hold=release))
+    api = await make_api(
+        delivery_concurrency=2, delivery_yield_seconds=yield_seconds, loop_timeout_seconds=20.0
+    )
+    busy = [asyncio.create_task(api.client.post("/v1/opt-in-links", json={})) for _ in range(8)]
+    try:
+        await wait_until(lambda: len(fakes.loop.state.received("/generate-url/")) == 8)
+        for n in range(6):
+            assert (await api.webhook(opt_in_payload(f"+1555555{n:04d}"))).status_code == 200
+        added = lambda: fakes.callloop.state.received("/r/")  # noqa: E731
+        if yield_seconds:
+            await wait_until(added)
+            await asyncio.sleep(0.5)  # a worker that did not pause would send the rest now
+            assert 1 <= len(added()) <= 2  # one claim (of at most 2), then the pause
+        else:
+            await wait_until(lambda: len(added()) == 6)
+        assert not any(task.done() for task in busy)
+    finally:
+        release.set()
+    assert [(await task).status_code for task in busy] == [200] * 8
+    # The API is idle: after the pause, the rest goes without another.
+    await wait_until(lambda: len(fakes.callloop.state.received("/r/")) == 6)
+    await wait_until(lambda: _count_status(api, "done", 6))
