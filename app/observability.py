@@ -393,7 +393,7 @@ class HttpMiddleware:
 
     def __init__(self, app: ASGIApp, in_flight: RequestsInFlight | None = None) -> None:
         self.app = app
-        self.in_flight = in_flight or RequestsInFlight()
+        self.in_flight = in_flight if in_flight is not None else RequestsInFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
