@@ -391,9 +391,9 @@ class HttpMiddleware:
     A plain ASGI middleware: no per-request task or body copy, so the hot routes stay fast.
     """
 
-    def __init__(self, app: ASGIApp, in_flight: RequestsInFlight | None = None) -> None:
+    def __init__(self, app: ASGIApp, in_flight: RequestsInFlight) -> None:
         self.app = app
-        self.in_flight = in_flight if in_flight is not None else RequestsInFlight()
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

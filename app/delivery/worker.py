@@ -67,7 +67,6 @@ class DeliveryWorker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._stopped: asyncio.Future[None] | None = None  # resolved by `stop`
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -79,7 +78,6 @@ class DeliveryWorker:
         self._wake.set()
 
     def start(self) -> None:
-        self._stopped = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self.run(), name="delivery-worker")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
         if self.engine.dialect.name == "postgresql":
@@ -89,8 +87,6 @@ class DeliveryWorker:
         """Finish the jobs in hand (bounded by `grace_seconds`), then give back what is left."""
         self._stopping.set()
         self._wake.set()
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
         for task in (self._task, self._heartbeat_task, self._listen_task):
             if task is None:
                 continue
@@ -139,8 +135,9 @@ class DeliveryWorker:
         The backlog goes at full speed once the API is quieter.
         """
         seconds = self.settings.delivery_yield_seconds
-        if seconds > 0 and self._stopped is not None:
-            await asyncio.wait((self._stopped,), timeout=seconds)
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         if self.writer is not None:
