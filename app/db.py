@@ -307,15 +307,21 @@ class BulkInsert:
         return flat
 
     async def execute(self, conn: Any, rows: list[dict[str, Any]]) -> list[Any]:
-        """Insert `rows` (dicts keyed by `columns`); the RETURNING rows of those inserted."""
+        """Insert `rows` (dicts keyed by `columns`); the RETURNING rows of those inserted, each
+        a tuple (or a row that unpacks like one) in `returning` order."""
         dialect = conn.dialect
+        # The SQLite writer's connection (app/groupcommit.py) runs it on the driver directly.
+        on_driver = getattr(conn, "execute_on_driver", None)
         returned: list[Any] = []
         step = max(1, self.MAX_VALUES // len(self.names))  # rows per statement
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            result = await conn.exec_driver_sql(
-                self.statement(dialect, len(chunk)), tuple(self.values(dialect, chunk))
-            )
+            sql = self.statement(dialect, len(chunk))
+            values = tuple(self.values(dialect, chunk))
+            if on_driver is not None:
+                returned.extend(on_driver(sql, values))
+                continue
+            result = await conn.exec_driver_sql(sql, values)
             if self.returning:
                 returned.extend(result.all())
         return returned

@@ -482,3 +482,42 @@ async def test_rows_batched_with_other_work_share_its_transaction(db_engine: Asy
     assert results[0] is None and results[1] == 5 and isinstance(results[2], ValueError)
     assert committer.replays == 1  # one transaction for the three, then each alone
     assert await count(db_engine, LinkRequest) == 1
+
+
+async def _refuse_opt_ins_with_click_id(engine: AsyncEngine, click_id: str) -> None:
+    """A trigger that makes the database itself refuse one opt-in row (a driver error)."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_opt_in BEFORE INSERT ON opt_ins "
+                f"WHEN NEW.click_id = '{click_id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        else:
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_opt_in() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.click_id = '{click_id}' THEN RAISE EXCEPTION 'refused'; END IF; "
+                "RETURN NEW; END $$"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_opt_in BEFORE INSERT ON opt_ins "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_opt_in()"
+            )
+
+
+async def test_a_webhook_the_database_refuses_is_a_503_and_its_neighbours_are_stored(
+    api: Api, db_engine: AsyncEngine
+) -> None:
+    """The bulk intake's statements (on SQLite sent to the driver below SQLAlchemy) fail with
+    SQLAlchemy's DBAPIError like any other statement: the webhook is refused with a 503 (sent
+    again later by LoopMessage), nothing of it is kept, and the webhooks batched with it are
+    stored."""
+    await _refuse_opt_ins_with_click_id(db_engine, "refused-click")
+    refused = opt_in_payload(contact="+15555550300", click_id="refused-click")
+    fine = [opt_in_payload(contact=f"+1555555031{n}") for n in range(5)]
+    responses = await asyncio.gather(*(api.webhook(p) for p in [*fine[:2], refused, *fine[2:]]))
+
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200, 200, 503, 200, 200, 200]
+    assert responses[2].json()["code"] == "database_unavailable"
+    assert await count(db_engine, OptIn) == 5
+    assert await count(db_engine, Subscriber, Subscriber.contact == "+15555550300") == 0

@@ -260,7 +260,7 @@ async def _store_new_contacts(
             for parsed in batch
         ],
     )
-    subscriber_ids = {row.contact: row.id for row in created}
+    subscriber_ids = {contact: subscriber_id for subscriber_id, contact in created}
     new = [parsed for parsed in batch if parsed.contact in subscriber_ids]
     if not new:
         return [None] * len(batch)
@@ -286,7 +286,7 @@ async def _store_new_contacts(
             if parsed.contact is not None
         ],
     )
-    opt_in_ids = {row.webhook_id: row.id for row in inserted}
+    opt_in_ids = {webhook_id: opt_in_id for opt_in_id, webhook_id in inserted}
     plans = {
         parsed.webhook_id: plan_subscribe(
             settings,
