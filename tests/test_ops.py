@@ -486,3 +486,47 @@ async def test_delivered_lines_are_those_of_the_usual_logging_call(
         assert lean[0].split(" ", 1)[1] == usual[0].split(" ", 1)[1]  # all but the time
     records = [r for r in caplog.records if r.getMessage() == "delivered"]
     assert records[0].__dict__["job_id"] == job["id"]
+
+
+class _RecordingTracerProvider:
+    """An OpenTelemetry tracer provider that writes down every span started (set once per
+    process: OpenTelemetry keeps the first provider set)."""
+
+    spans: list[str] = []
+    installed: Any = None
+
+    @classmethod
+    def install(cls) -> None:
+        from opentelemetry import trace
+
+        if cls.installed is not None:
+            return
+
+        class Tracer(trace.NoOpTracer):
+            def start_span(self, name: str, *args: Any, **kwargs: Any) -> trace.Span:
+                cls.spans.append(name)
+                return super().start_span(name, *args, **kwargs)
+
+            def start_as_current_span(self, name: str, *args: Any, **kwargs: Any) -> Any:
+                cls.spans.append(name)
+                return super().start_as_current_span(name, *args, **kwargs)
+
+        class Provider(trace.TracerProvider):
+            def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+                return Tracer()
+
+        cls.installed = Provider()
+        trace.set_tracer_provider(cls.installed)
+        assert trace.get_tracer_provider() is cls.installed
+
+
+async def test_fastapi_opentelemetry_hooks_stay_off_with_a_tracer_provider_set(api: Api) -> None:
+    """The service reports through its metrics and logs; FastAPI's own OpenTelemetry hooks,
+    which look for a configured provider on every request, are switched off: even with a
+    tracer provider installed, answering requests starts no span."""
+    _RecordingTracerProvider.install()
+    _RecordingTracerProvider.spans.clear()
+
+    assert (await api.client.get("/healthz")).status_code == 200
+    assert (await api.webhook(opt_in_payload())).status_code == 200
+    assert _RecordingTracerProvider.spans == []
