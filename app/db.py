@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +20,8 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
+
+from app.jsontext import compact_text
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -133,8 +134,9 @@ class JsonText(str):
 
 
 def json_serializer(value: Any) -> str:
-    """The engines' JSON encoder: `json.dumps`, except for `JsonText`, kept as written."""
-    return value if isinstance(value, JsonText) else json.dumps(value)
+    """The engines' JSON encoder: compact JSON (app/jsontext.py), except for `JsonText`, kept
+    as written."""
+    return value if isinstance(value, JsonText) else compact_text(value)
 
 
 def create_engine(url: str, connect_timeout: float | None = None, **kwargs: Any) -> AsyncEngine:

@@ -12,11 +12,12 @@ and the link endpoint hands them every request it does not answer itself.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.jsontext import compact_bytes
 
 
 class ClientGone(Exception):
@@ -106,7 +107,7 @@ async def send_json(
     headers: dict[str, str] | None = None,
     raw: RawHeaders = (),
 ) -> None:
-    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    body = compact_bytes(content)
     await send_json_bytes(send, status, body, headers, raw)
 
 

@@ -7,7 +7,10 @@ BIGINT, JSON nested past Python's recursion limit, NaN.
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.models import OptIn
 from tests.conftest import WEBHOOK_SECRET, Api, opt_in_payload
 
 HEADERS = {"Authorization": WEBHOOK_SECRET, "Content-Type": "application/json"}
@@ -20,6 +23,21 @@ async def test_nul_characters_in_a_webhook_are_dropped_and_it_is_stored(api: Api
     assert response.status_code == 200, response.text
     [opt_in] = (await api.admin_get("/v1/opt-ins")).json()["items"]
     assert opt_in["contact"].endswith("1234") and "\u0000" not in opt_in["contact"]
+
+
+async def test_a_webhook_stored_as_parsed_keeps_numbers_beyond_64_bits(
+    api: Api, db_engine: AsyncEngine
+) -> None:
+    """A body that needed cleaning (a NUL) is stored as parsed; JSON values the fast encoder
+    refuses (an integer beyond 64 bits) are still written, exactly (app/jsontext.py)."""
+    payload = opt_in_payload(contact="+12025550188")
+    payload["text"] = "yes\u0000"
+    payload["sequence"] = 2**70
+    response = await api.webhook(payload)
+    assert response.status_code == 200, response.text
+    async with db_engine.connect() as conn:
+        raw = (await conn.execute(select(OptIn.raw_payload))).scalar_one()
+    assert raw["sequence"] == 2**70 and raw["text"] == "yes"
 
 
 @pytest.mark.parametrize(

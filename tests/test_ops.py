@@ -297,6 +297,20 @@ async def test_every_log_line_is_json_with_the_request_id(
     assert {"ts", "level", "msg", "duration_ms"} <= set(access[0])
 
 
+async def test_log_lines_stay_ascii_when_they_carry_other_text(
+    capsys: pytest.CaptureFixture[str], make_api: ApiFactory
+) -> None:
+    """Text beyond ASCII (here a request path) is escaped: every JSON line is ASCII, whatever
+    stdout's encoding, and reads back as sent."""
+    api = await make_api(run_worker=False)
+    await stdout_so_far(capsys)
+    await api.client.get("/healthz/caf%C3%A9")
+    text = await stdout_so_far(capsys)
+    [line] = [line for line in text.splitlines() if "optin.access" in line]
+    assert line.isascii()
+    assert json.loads(line)["path"] == "/healthz/caf\u00e9"
+
+
 async def test_console_format_for_make_run(
     capsys: pytest.CaptureFixture[str], make_api: ApiFactory
 ) -> None:

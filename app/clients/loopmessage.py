@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from app.clients.http1 import HttpCallError, HttpCallTimeout, OriginPool
+from app.jsontext import compact_bytes
 from app.observability import UPSTREAM_LATENCY
 
 
@@ -116,7 +117,7 @@ class LoopMessageClient:
 
     async def generate_url(self, fields: dict[str, Any]) -> OptInLinks:
         """POST /api/v1/opt-in/generate-url/ with the body and every attribution field."""
-        body = json.dumps(fields).encode()
+        body = compact_bytes(fields)
         data = await self._call("POST", "/api/v1/opt-in/generate-url/", body)
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise LoopMessageError("upstream_error", "LoopMessage answered without a link id")
