@@ -494,7 +494,8 @@ async def _refuse_opt_ins_with_click_id(engine: AsyncEngine, click_id: str) -> N
             )
         else:
             await conn.exec_driver_sql(
-                "CREATE FUNCTION refuse_opt_in() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "CREATE OR REPLACE FUNCTION refuse_opt_in() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN "
                 f"IF NEW.click_id = '{click_id}' THEN RAISE EXCEPTION 'refused'; END IF; "
                 "RETURN NEW; END $$"
             )
